@@ -1,0 +1,15 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make demo   installs facesort into .venv and sorts the sample photos with the bundled model
+#   make test   installs what the tests need and runs them
+VENV ?= .venv
+export PYTHONWARNINGS ?= ignore::FutureWarning
+
+.PHONY: setup demo test
+setup:
+	scripts/setup
+
+demo: setup
+	$(VENV)/bin/facesort run data/sample --out sorted-sample
+
+test: setup
+	$(VENV)/bin/python -m pytest -q

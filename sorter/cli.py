@@ -1,0 +1,18 @@
+"""The `facesort` command: a small click group; each command lives in sorter/commands/."""
+import click
+
+from .commands import EXIT_CODES
+from .commands.predict import predict
+from .commands.run import run
+from .commands.train import train
+
+
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="facesort")
+def main():
+    """Sort photos into male/, female/ and neither/ with a fastai multi-label model."""
+
+
+main.add_command(train)
+main.add_command(run)
+main.add_command(predict)

@@ -1,0 +1,39 @@
+"""One module per `facesort` command; each parses options and calls the library."""
+import functools
+
+import click
+
+from ..errors import FacesortError
+
+EXIT_CODES = """\b
+Exit codes:
+  0        success
+  1        fatal error (one-line message, no traceback)
+  2        usage error
+  3        finished but some files failed (see the CSV report)
+  4        another run holds the output folder
+  130/143  stopped by SIGINT/SIGTERM after the current batch"""
+
+
+def reports_errors(command):
+    """Turn the library's FacesortError into a one-line message and its exit code (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FacesortError as e:
+            click.echo(f"facesort: error: {e}", err=True)
+            raise SystemExit(e.exit_code) from None
+
+    return wrapper
+
+
+model_option = click.option("--model", "model_path", type=click.Path(dir_okay=False),
+                            help="Exported model (.pkl). Default: the bundled model.")
+threshold_option = click.option("--threshold", type=click.FloatRange(0, 1),
+                                help="Probability a label needs. Default: the model's calibrated threshold.")
+batch_option = click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1),
+                            help="Images per model batch.")
+whole_image_option = click.option("--whole-image", is_flag=True,
+                                  help="Classify the whole photo (the tutorial's way) instead of each face.")

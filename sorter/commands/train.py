@@ -1,0 +1,50 @@
+"""`facesort train`: fine-tune a model on labelled folders and export it."""
+import json
+
+import click
+
+from . import EXIT_CODES, reports_errors
+from ..console import is_terminal, print_table
+
+
+@click.command(epilog=EXIT_CODES)
+@click.argument("data_dir", type=click.Path(file_okay=False))
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the exported model (.pkl); metrics go beside it (.metrics.json).")
+@click.option("--arch", default="mobilenet_v2", show_default=True,
+              type=click.Choice(["mobilenet_v2", "resnet18", "resnet34"]), help="Pretrained CNN to fine-tune.")
+@click.option("--size", default=128, show_default=True, type=click.IntRange(32), help="Image side in pixels.")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(0), help="Epochs with all layers.")
+@click.option("--freeze-epochs", default=1, show_default=True, type=click.IntRange(0),
+              help="Epochs training the head only first.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate. Default: lr_find's.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--valid-pct", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Random validation share (ignored when DATA_DIR has valid/ folders).")
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--no-pretrained", is_flag=True, help="Train from random weights (no ImageNet weights needed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the validation metrics as JSON.")
+@reports_errors
+def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_size, valid_pct, seed, no_pretrained,
+          as_json):
+    """Train on DATA_DIR, where each image's label is the nearest folder named male, female or neither.
+
+    The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
+    """
+    from ..training import TrainOptions, train as train_model
+
+    opts = TrainOptions(arch=arch, size=size, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr,
+                        batch_size=batch_size, valid_pct=valid_pct, seed=seed, pretrained=not no_pretrained,
+                        progress_bars=is_terminal() and not as_json)
+    metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json))
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    print_table(f"validation ({metrics['valid_images']} images)", [
+        ("threshold", metrics["threshold"]),
+        ("exact_match", f"{metrics['exact_match']:.4f}"),
+        ("accuracy_multi", f"{metrics['accuracy_multi']:.4f}"),
+        *[(f"{label}_{k}", f"{metrics[label][k]:.4f}") for label in ("female", "male") for k in ("precision", "recall")],
+        *[(f"predicted_{k}", v) for k, v in metrics["predicted"].items()],
+    ])
+    click.echo(f"model written to {model_path}")

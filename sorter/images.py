@@ -1,0 +1,133 @@
+"""Finding photos by their content and decoding them safely, small and upright.
+
+Decoding is where bad input shows up, so every failure becomes an `ImageError` with a reason a person can act on.
+"""
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # phones write HEIC; without pillow-heif those files are reported as unsupported
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_SUPPORTED = True
+except ImportError:
+    HEIF_SUPPORTED = False
+
+MAX_PIXELS = 100_000_000  # 100 MP: well above any camera's photo, far below a decompression bomb
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+# First bytes of the formats we sort; content decides, never the extension.
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif",
+                  ".avif"}
+
+
+class ImageError(Exception):
+    """A file that is not a usable photo; the message is the reason written in the report."""
+
+
+def sniff_format(head):
+    """The image format named by a file's first bytes, or None when they are not an image we read."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "heif"
+    return None
+
+
+def looks_like_image(path):
+    """True when `path` is worth trying to decode: image content, or an image name (so a broken one is reported)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    return sniff_format(head) is not None or Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def load_image(path, min_side=None):
+    """Decode the first frame of `path` as an upright RGB image.
+
+    With `min_side`, a JPEG is decoded at the smallest scale (1/2 to 1/8) whose shorter side is still at least
+    `min_side` pixels: much faster than a full decode when the model only needs a thumbnail.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageError("empty file (0 bytes)")
+        with open(path, "rb") as f:
+            fmt = sniff_format(f.read(16))
+        if fmt is None:
+            raise ImageError(_not_an_image_reason(path))
+        if fmt == "heif" and not HEIF_SUPPORTED:
+            raise ImageError("HEIC/HEIF photo: unsupported here (pip install pillow-heif)")
+        with Image.open(path) as im:
+            _check_size(im)
+            if min_side and im.format == "JPEG":
+                im.draft("RGB", _draft_size(im.size, min_side))
+            im.seek(0)
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("file vanished before it could be read") from None
+    except PermissionError:
+        raise ImageError("permission denied: cannot read the file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"image too large: over {MAX_PIXELS:,} pixels (possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise ImageError("not a recognised image: the content matches no image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"corrupt or truncated image: {e}") from None
+
+
+def _check_size(im):
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"image too large: {width}x{height} pixels is over {MAX_PIXELS:,} (possible decompression bomb)")
+    if width == 0 or height == 0:
+        raise ImageError("image has no pixels")
+
+
+def _draft_size(size, min_side):
+    """The size to ask draft() for: draft picks the smallest scale at least this big."""
+    width, height = size
+    scale = min_side / min(width, height)
+    return (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def _to_rgb(im):
+    """RGB for every mode: transparency goes on white, 16-bit and float images are scaled to 8 bits."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        im = im.point(lambda v: v / 256) if im.mode.startswith("I;16") else im
+        im = im.convert("L")
+    if im.mode in ("P", "PA", "LA", "RGBA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    rgb = im.convert("RGB")
+    rgb.load()
+    return rgb
+
+
+def _not_an_image_reason(path):
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "not an image: the file holds text"
+    return "not an image: the content matches no image format"

@@ -1,0 +1,61 @@
+"""Classifying decoded images with an exported learner, in batches, the fastai way (test_dl + get_preds)."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .labels import VOCAB
+from .model import load_model
+
+
+@dataclass
+class Prediction:
+    """One photo's verdict: probabilities per label (max over faces in face-aware mode) and the label set."""
+
+    probs: dict  # {"female": p, "male": p}, empty when no face was found
+    labels: list  # sorted subset of VOCAB; [] means neither
+    faces: int | None = None  # faces used (face-aware mode only)
+    boxes: list | None = None  # face boxes in the decoded image's pixels (face-aware mode only)
+
+
+class Classifier:
+    """An exported facesort learner with its threshold; `probabilities` is the only place the model runs."""
+
+    def __init__(self, model_path=None, threshold=None):
+        self.learn, self.path, self.sha256 = load_model(model_path)
+        self.threshold = float(threshold if threshold is not None else self.learn.loss_func.thresh)
+        self.size = self.learn.facesort.get("size", 128) if hasattr(self.learn, "facesort") else 128
+
+    def probabilities(self, images, batch_size=64):
+        """Sigmoid outputs for a list of PIL images, shape (n, 2) in VOCAB order."""
+        if not images:
+            return np.zeros((0, len(VOCAB)), dtype=np.float32)
+        dl = self.learn.dls.test_dl(images, bs=batch_size, num_workers=0)
+        with torch.inference_mode(), self.learn.no_bar():
+            probs, _ = self.learn.get_preds(dl=dl)
+        return probs.numpy()
+
+    def verdict(self, probs_row, faces=None, boxes=None):
+        """Turn one row of probabilities into a Prediction at this classifier's threshold."""
+        probs = {label: float(p) for label, p in zip(VOCAB, probs_row)}
+        labels = [label for label in VOCAB if probs[label] >= self.threshold]
+        return Prediction(probs, labels, faces, boxes)
+
+    def predict_whole(self, images, batch_size=64):
+        """The tutorial's way: one prediction per whole image."""
+        return [self.verdict(row) for row in self.probabilities(images, batch_size)]
+
+    def predict_faces(self, images, finder, batch_size=64):
+        """Face-aware: classify every face crop of all images in one batch; a photo gets the union of its faces."""
+        found = finder.find(images)
+        crops = [crop for faces in found for crop in faces.crops]
+        probs = self.probabilities(crops, batch_size)
+        results, start = [], 0
+        for faces in found:
+            rows = probs[start:start + len(faces.crops)]
+            start += len(faces.crops)
+            if len(rows):
+                results.append(self.verdict(rows.max(axis=0), len(rows), faces.boxes))
+            else:
+                results.append(Prediction({}, [], 0, []))
+        return results

@@ -1,0 +1,92 @@
+"""Shared fixtures: coloured-shape photos, a tiny model trained on them once per session, a CLI runner.
+
+The colours carry the label (blue male, red female, green neither) so a tiny model from scratch learns them in
+seconds; the tests check plumbing and behaviour, not face recognition.
+"""
+import hashlib
+import os
+import random
+import warnings
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+COLOURS = {"male": (30, 60, 220), "female": (220, 40, 40), "neither": (40, 170, 40)}
+
+
+def make_photo(path, label, seed=0, size=(64, 48), fmt=None, **save_args):
+    """A photo whose dominant colour says its label; a little noise so no two are the same."""
+    rng = random.Random(f"{label}-{seed}")
+    colour = tuple(max(0, min(255, c + rng.randint(-25, 25))) for c in COLOURS[label])
+    image = Image.new("RGB", size, colour)
+    draw = ImageDraw.Draw(image)
+    x, y = rng.randint(0, size[0] // 2), rng.randint(0, size[1] // 2)
+    draw.rectangle((x, y, x + size[0] // 4, y + size[1] // 4), fill=tuple(min(255, c + 30) for c in colour))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt or ("JPEG" if path.suffix.lower() in (".jpg", ".jpeg", "") else None), **save_args)
+    return path
+
+
+def make_dataset(root, per_label=24, start=0):
+    for label in COLOURS:
+        for i in range(start, start + per_label):
+            make_photo(Path(root) / label / f"{label}_{i}.jpg", label, seed=i)
+    return Path(root)
+
+
+def tree_digest(root):
+    """sha256 of every file (and its relative name) under root: proof a folder was not modified."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            digest.update(os.fsencode(os.path.relpath(path, root)))
+            if not os.path.islink(path):
+                digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(dataset, tmp_path_factory):
+    """A model trained from scratch through the real `facesort train` command, once for the whole session."""
+    from sorter.cli import main
+
+    model = tmp_path_factory.mktemp("models") / "tiny.pkl"
+    result = CliRunner().invoke(main, [
+        "train", str(dataset), "--model", str(model), "--no-pretrained", "--arch", "resnet18", "--size", "32",
+        "--epochs", "3", "--freeze-epochs", "0", "--lr", "3e-2", "--batch-size", "8", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    return model
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A small input folder: two of each label, plus a nested same-named file."""
+    root = tmp_path / "photos"
+    for label in COLOURS:
+        for i in range(2):
+            make_photo(root / f"{label}_{i}.jpg", label, seed=100 + i)
+    make_photo(root / "trip" / "male_0.jpg", "male", seed=200)
+    return root
+
+
+@pytest.fixture
+def cli():
+    """Invoke `facesort ...` in-process; returns click's Result (exit_code, output)."""
+    from sorter.cli import main
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
