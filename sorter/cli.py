@@ -1,5 +1,10 @@
 """The `facesort` command: a small click group; each command lives in sorter/commands/."""
+import warnings
+
 import click
+
+# torch and fastai announce deprecations of their own internals on import: noise for a user of this tool
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 from .commands import EXIT_CODES
 from .commands.predict import predict

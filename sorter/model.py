@@ -4,6 +4,7 @@ A model file is a pickle, and unpickling can run code: only the bundled model or
 a file other users could have written is refused, and the bundled model must match its recorded sha256.
 """
 import stat
+import warnings
 import sys
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def load_model(path=None):
     path = bundled_model_path() if bundled else Path(path)
     digest = check_model_file(path, bundled)
     try:
-        learn = load_learner(path, cpu=True)
+        with warnings.catch_warnings():  # fastai's pickle warning: the checks above are how we handle that risk
+            warnings.simplefilter("ignore", UserWarning)
+            learn = load_learner(path, cpu=True)
     except Exception as e:  # a pickle can fail in many ways; all mean "not a facesort model"
         raise FacesortError(f"cannot load model {path}: {type(e).__name__}: {e}") from None
     if list(getattr(learn.dls, "vocab", [])) != ["female", "male"]:
