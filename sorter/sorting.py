@@ -17,6 +17,7 @@ from .errors import FacesortError, Interrupted
 from .faces import DETECT_SIDE, FaceFinder
 from .images import ImageError, load_image
 from .labels import labels_text
+from .prediction import predict_images
 from .placement import (check_writable, destinations, place_copy, remove_copy, sweep_temporary_files,
                         target_path)
 from .report import display_path, write_report
@@ -204,10 +205,7 @@ def _decode(path, min_side):
 def _classify(chunk, decoded, classifier, finder, opts):
     ok = [i for i, image in enumerate(decoded) if not isinstance(image, ImageError)]
     images = [decoded[i] for i in ok]
-    if opts.whole_image:
-        predictions = classifier.predict_whole(images, opts.batch_size)
-    else:
-        predictions = classifier.predict_faces(images, finder, opts.batch_size)
+    predictions = predict_images(classifier, images, opts.whole_image, opts.batch_size, finder)
     by_index = dict(zip(ok, predictions))
     rows = []
     for i, job in enumerate(chunk):
