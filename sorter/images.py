@@ -2,7 +2,7 @@
 
 Decoding is where bad input shows up, so every failure becomes an `ImageError` with a reason a person can act on.
 """
-import os
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -61,27 +61,30 @@ def looks_like_image(path):
     return sniff_format(head) is not None or Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def load_image(path, min_side=None):
-    """Decode the first frame of `path` as an upright RGB image.
+def load_image(source, min_side=None):
+    """Decode the first frame of `source` (a path, or a binary file object such as an upload held in memory) as
+    an upright RGB image.
 
     With `min_side`, a JPEG is decoded at the smallest scale (1/2 to 1/8) whose shorter side is still at least
     `min_side` pixels: much faster than a full decode when the model only needs a thumbnail.
     """
     try:
-        if os.path.getsize(path) == 0:
-            raise ImageError("empty file (0 bytes)")
-        with open(path, "rb") as f:
-            fmt = sniff_format(f.read(16))
-        if fmt is None:
-            raise ImageError(_not_an_image_reason(path))
-        if fmt == "heif" and not HEIF_SUPPORTED:
-            raise ImageError("HEIC/HEIF photo: unsupported here (pip install pillow-heif)")
-        with Image.open(path) as im:
-            _check_size(im)
-            if min_side and im.format == "JPEG":
-                im.draft("RGB", _draft_size(im.size, min_side))
-            im.seek(0)
-            return _to_rgb(ImageOps.exif_transpose(im))
+        with _opened(source) as f:
+            head = f.read(512)
+            if not head:
+                raise ImageError("empty file (0 bytes)")
+            fmt = sniff_format(head)
+            if fmt is None:
+                raise ImageError(_not_an_image_reason(head))
+            if fmt == "heif" and not HEIF_SUPPORTED:
+                raise ImageError("HEIC/HEIF photo: unsupported here (pip install pillow-heif)")
+            f.seek(0)
+            with Image.open(f) as im:
+                _check_size(im)
+                if min_side and im.format == "JPEG":
+                    im.draft("RGB", _draft_size(im.size, min_side))
+                im.seek(0)
+                return _to_rgb(ImageOps.exif_transpose(im))
     except ImageError:
         raise
     except FileNotFoundError:
@@ -94,6 +97,11 @@ def load_image(path, min_side=None):
         raise ImageError("not a recognised image: the content matches no image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"corrupt or truncated image: {e}") from None
+
+
+def _opened(source):
+    """The file to read: a path is opened (and closed after); a file object is used as it is."""
+    return contextlib.nullcontext(source) if hasattr(source, "read") else open(source, "rb")
 
 
 def _check_size(im):
@@ -125,9 +133,7 @@ def _to_rgb(im):
     return rgb
 
 
-def _not_an_image_reason(path):
-    with open(path, "rb") as f:
-        head = f.read(512)
+def _not_an_image_reason(head):
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return "not an image: the file holds text"
     return "not an image: the content matches no image format"
