@@ -11,23 +11,42 @@ def predict_images(classifier, images, whole_image=False, batch_size=64, finder=
     return classifier.predict_faces(images, finder or FaceFinder(), batch_size)
 
 
-def as_dict(name, prediction, classifier):
+def as_dict(name, prediction, classifier, size=None):
+    """One result; `size` is the decoded image's [width, height], the frame its face boxes are drawn in."""
     return {"path": name, "labels": prediction.labels, "probs": prediction.probs, "faces": prediction.faces,
-            "boxes": prediction.boxes, "threshold": classifier.threshold, "error": ""}
+            "boxes": prediction.boxes, "size": list(size) if size else None, "threshold": classifier.threshold,
+            "error": ""}
+
+
+def error_dict(name, error, classifier):
+    """The result of an image that could not be read: no labels, the reason in `error`."""
+    return {"path": name, "labels": [], "probs": {}, "faces": None, "boxes": None, "size": None,
+            "threshold": classifier.threshold, "error": error}
+
+
+def decode_side(classifier, whole_image):
+    """The shortest side worth decoding: the model's input size, or enough for face detection."""
+    return classifier.size if whole_image else DETECT_SIDE * 3 // 4
+
+
+def predict_sources(classifier, sources, whole_image=False, batch_size=64, finder=None):
+    """Results for (name, source) pairs, a source being a path or a binary file object: every source is decoded,
+    the readable ones predicted in one batched pass; unreadable ones carry an error. Names are only labels."""
+    images, errors = [], []
+    for _, source in sources:
+        try:
+            images.append(load_image(source, decode_side(classifier, whole_image)))
+            errors.append("")
+        except ImageError as e:
+            images.append(None)
+            errors.append(str(e))
+    predictions = iter(predict_images(classifier, [im for im in images if im is not None], whole_image, batch_size,
+                                      finder))
+    return [as_dict(name, next(predictions), classifier, image.size) if image is not None
+            else error_dict(name, error, classifier)
+            for (name, _), image, error in zip(sources, images, errors)]
 
 
 def predict_files(paths, model_path=None, threshold=None, whole_image=False, batch_size=64):
-    """Load the model once, decode every path, predict the readable ones; unreadable ones carry an error."""
-    classifier = Classifier(model_path, threshold)
-    decoded = {}
-    errors = {}
-    for path in paths:
-        try:
-            decoded[path] = load_image(path, classifier.size if whole_image else DETECT_SIDE * 3 // 4)
-        except ImageError as e:
-            errors[path] = str(e)
-    predictions = dict(zip(decoded, predict_images(classifier, list(decoded.values()), whole_image, batch_size)))
-    return [as_dict(path, predictions[path], classifier) if path in predictions
-            else {"path": path, "labels": [], "probs": {}, "faces": None, "boxes": None,
-                  "threshold": classifier.threshold, "error": errors[path]}
-            for path in paths]
+    """Load the model once and predict every path (facesort predict)."""
+    return predict_sources(Classifier(model_path, threshold), [(path, path) for path in paths], whole_image, batch_size)
