@@ -1,4 +1,5 @@
 """The CNN architectures `facesort train` offers, and their pretrained weights, found offline."""
+import contextlib
 import hashlib
 import os
 import shutil
@@ -80,10 +81,10 @@ def shipped_mobilenet_weights():
     return None
 
 
-def sha256_of(path):
-    """Hex sha256 of a file, read in chunks."""
+def sha256_of(source):
+    """Hex sha256 of a file, read in chunks: a path, or an open binary file (read from where it stands)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with contextlib.nullcontext(source) if hasattr(source, "read") else open(source, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -1,10 +1,12 @@
 """Walking a folder for photos: every file once, never into OUT, symlinks only when asked."""
+import contextlib
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import looks_like_image
-
+from .images import IMAGE_SUFFIXES, looks_like_image
 
 @dataclass(frozen=True)
 class Found:
@@ -14,44 +16,91 @@ class Found:
     rel: str  # relative to the input folder, with / separators: the name used in reports and in OUT
     status: str = ""  # "" to sort it, "error" or "skipped"
     reason: str = ""
+    stat: os.stat_result | None = None  # taken while listing: later changes to the file are detectable
 
 
 def walk_photos(root, exclude=(), follow_links=False):
-    """Yield a `Found` for every candidate photo under `root`, in a stable (sorted) order.
+    """Yield a `Found` for every candidate photo under `root`, and for every file or folder that cannot be read.
 
-    Folders in `exclude` (OUT inside INPUT) are not entered. Symlinks are skipped unless `follow_links`; when
-    followed, each real file and folder is visited once, so loops and duplicates cannot happen.
+    Folders in `exclude` (OUT inside INPUT) are not entered. Symlinks are reported as skipped unless
+    `follow_links`; when followed they are walked after every real path, so a file reachable both ways keeps its
+    real name, and each real file and folder is visited once (loops end, duplicates are reported as skipped).
     """
-    root = Path(root)
-    excluded = {os.path.realpath(p) for p in exclude}
-    seen = set()
-    yield from _walk(root, root, excluded, follow_links, seen)
+    yield from _Walk(Path(root), exclude, follow_links).run()
 
 
-def _walk(root, folder, excluded, follow_links, seen):
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name.encode("utf-8", "surrogateescape"))
-    except OSError as e:
-        yield Found(folder, _rel(root, folder) + "/", "error", f"cannot list folder: {e.strerror}")
-        return
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.is_symlink() and not follow_links:
-            yield Found(path, _rel(root, path), "skipped", "symbolic link (not followed without --follow-links)")
-            continue
+class _Walk:
+    def __init__(self, root, exclude, follow_links):
+        self.root, self.follow_links = root, follow_links
+        self.excluded = {_key(os.stat(p)) for p in exclude if os.path.isdir(p)}
+        self.seen = {}  # (st_dev, st_ino) -> the name it was first found under
+        self.links = []  # symlinks met so far, walked once the real paths are done
+
+    def run(self):
+        with contextlib.suppress(OSError):  # an unreadable root is reported by folder()
+            self.seen[_key(os.stat(self.root))] = "."
+        yield from self.folder(self.root)
+        while self.links:
+            links, self.links = self.links, []
+            for path in links:
+                yield from self.entry(path, is_link=True)
+
+    def folder(self, folder):
         try:
-            real = os.path.realpath(path)
-            stat = os.stat(path)
-        except OSError:
-            yield Found(path, _rel(root, path), "error", "broken symbolic link or vanished file")
-            continue
-        if real in excluded or (stat.st_dev, stat.st_ino) in seen:
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
-        if entry.is_dir():
-            yield from _walk(root, path, excluded, follow_links, seen)
-        elif entry.is_file() and looks_like_image(path):
-            yield Found(path, _rel(root, path))
+            entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
+        except OSError as e:
+            yield Found(folder, self.rel(folder) + "/", "error", f"cannot list folder: {e.strerror}")
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if not entry.is_symlink():
+                yield from self.entry(path)
+            elif self.follow_links:
+                self.links.append(path)
+            else:
+                yield Found(path, self.rel(path), "skipped", "symbolic link (not followed without --follow-links)")
+
+    def entry(self, path, is_link=False):
+        rel = self.rel(path)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            yield Found(path, rel, "error", _stat_error(e, is_link))
+            return
+        key = _key(st)
+        if key in self.excluded:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if key in self.seen:
+                yield Found(path, rel, "skipped", f"link to a folder already walked as {self.seen[key]}")
+                return
+            self.seen[key] = rel
+            yield from self.folder(path)
+        elif not stat.S_ISREG(st.st_mode):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                yield Found(path, rel, "error", "not a regular file (a device, pipe or socket)")
+        elif looks_like_image(path):
+            if key in self.seen:
+                yield Found(path, rel, "skipped", f"same file as {self.seen[key]} (sorted once)")
+                return
+            self.seen[key] = rel
+            yield Found(path, rel, stat=st)
+
+    def rel(self, path):
+        return _rel(self.root, path)
+
+
+def _key(st):
+    return st.st_dev, st.st_ino
+
+
+def _stat_error(e, is_link):
+    """Why an entry that was just listed cannot be looked at."""
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if isinstance(e, FileNotFoundError):
+        return "broken symbolic link: its target does not exist" if is_link else "file vanished while listing"
+    return f"cannot read: {e.strerror}"
 
 
 def _rel(root, path):

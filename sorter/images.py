@@ -3,6 +3,8 @@
 Decoding is where bad input shows up, so every failure becomes an `ImageError` with a reason a person can act on.
 """
 import contextlib
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -52,13 +54,15 @@ def sniff_format(head):
 
 
 def looks_like_image(path):
-    """True when `path` is worth trying to decode: image content, or an image name (so a broken one is reported)."""
+    """True when `path` is worth trying to decode: an image name (so a broken one is reported), or image content."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        return True
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
             head = f.read(16)
-    except OSError:
-        return Path(path).suffix.lower() in IMAGE_SUFFIXES
-    return sniff_format(head) is not None or Path(path).suffix.lower() in IMAGE_SUFFIXES
+    except (OSError, ImageError):  # unreadable, gone or special: decoding it will report exactly why
+        return True
+    return sniff_format(head) is not None
 
 
 def load_image(source, min_side=None):
@@ -101,7 +105,16 @@ def load_image(source, min_side=None):
 
 def _opened(source):
     """The file to read: a path is opened (and closed after); a file object is used as it is."""
-    return contextlib.nullcontext(source) if hasattr(source, "read") else open(source, "rb")
+    return contextlib.nullcontext(source) if hasattr(source, "read") else _open_regular(source)
+
+
+def _open_regular(path):
+    """Open a path for reading only if it is a regular file: a FIFO swapped in after listing must not block us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageError("not a regular file (a folder, device, pipe or socket)")
+    return os.fdopen(fd, "rb")
 
 
 def _check_size(im):
@@ -120,11 +133,12 @@ def _draft_size(size, min_side):
 
 
 def _to_rgb(im):
-    """RGB for every mode: transparency goes on white, 16-bit and float images are scaled to 8 bits."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        im = im.point(lambda v: v / 256) if im.mode.startswith("I;16") else im
+    """RGB for every mode: transparency goes on white, 16-bit images are scaled to 8 bits (not clipped)."""
+    if im.mode.startswith("I"):  # I;16* and I: 16-bit samples (PNG, TIFF)
+        im = im.point(lambda v: v / 256).convert("L")
+    elif im.mode == "F":
         im = im.convert("L")
-    if im.mode in ("P", "PA", "LA", "RGBA") or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ("PA", "LA", "RGBA", "La", "RGBa") or "transparency" in im.info:
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im)

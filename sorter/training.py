@@ -114,6 +114,7 @@ def export(learn, model_path, threshold, metrics):
     learn.facesort = {"threshold": threshold, "arch": metrics["arch"], "size": metrics["size"]}
     tmp = model_path.with_name(f".{model_path.name}.tmp{os.getpid()}")
     learn.export(tmp.absolute())
+    os.chmod(tmp, os.stat(tmp).st_mode & ~0o022)  # facesort refuses to load model files others could write
     os.replace(tmp, model_path)
     write_json_atomic(metrics_path(model_path), metrics)
 
