@@ -7,7 +7,10 @@ import click
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 from .commands import EXIT_CODES
+from .commands.clean import clean
+from .commands.evaluate import evaluate
 from .commands.predict import predict
+from .commands.review import review
 from .commands.run import run
 from .commands.train import train
 
@@ -21,3 +24,6 @@ def main():
 main.add_command(train)
 main.add_command(run)
 main.add_command(predict)
+main.add_command(evaluate)
+main.add_command(review)
+main.add_command(clean)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from .images import IMAGE_SUFFIXES, looks_like_image
 
+TRASH_DIR = ".facesort-trash"  # where `facesort clean` moves deleted images, inside DATA_DIR
+
+
 @dataclass(frozen=True)
 class Found:
     """A file under the input folder; `status` and `reason` say why it is reported without being read."""
@@ -108,5 +111,9 @@ def _rel(root, path):
 
 
 def image_files(root):
-    """All photo files under `root` for training and evaluation, sorted; links are followed (each file once)."""
-    return [found.path for found in walk_photos(root, follow_links=True) if not found.status]
+    """All photo files under `root` for training and evaluation, sorted; links are followed (each file once).
+
+    The trash of `facesort clean` is skipped: what a user deleted must not come back as training data.
+    """
+    trash = Path(root) / TRASH_DIR
+    return [found.path for found in walk_photos(root, exclude=[trash], follow_links=True) if not found.status]

@@ -1,7 +1,10 @@
 """CSV reports that open cleanly in spreadsheets: UTF-8 with BOM, proper quoting, no formula injection."""
 import csv
+import io
 import os
 from pathlib import Path
+
+from .errors import FacesortError
 
 COLUMNS = ("path", "status", "labels", "prob_female", "prob_male", "faces", "destinations", "error", "threshold",
            "model_sha256")
@@ -20,15 +23,40 @@ def safe_cell(value):
     return value
 
 
-def write_report(path, rows):
-    """Write rows (dicts over COLUMNS) to `path` atomically; numbers stay numbers, text is neutralised."""
+def restore_cell(text):
+    """Undo safe_cell on text read back from a CSV this module wrote."""
+    if text.startswith("'") and text[1:].startswith(FORMULA_STARTS):
+        return text[1:]
+    return text
+
+
+def write_report(path, rows, columns=COLUMNS):
+    """Write rows (dicts over `columns`) to `path` atomically; numbers stay numbers, text is neutralised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8-sig", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({key: safe_cell(value) for key, value in row.items()})
     os.replace(tmp, path)
     return path
+
+
+def read_rows(path):
+    """The rows of a CSV written by write_report and perhaps saved again by a spreadsheet, cells restored.
+
+    Spreadsheets in some locales save with `;` or tabs: the delimiter is taken from the header line.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise FacesortError(f"{path} is not UTF-8 text: save the spreadsheet as 'CSV UTF-8'") from None
+    except OSError as e:
+        raise FacesortError(f"cannot read {path}: {e.strerror}") from None
+    header = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=header.count)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    return [{key: restore_cell(value or "") for key, value in row.items() if key is not None} for row in reader]
