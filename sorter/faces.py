@@ -32,6 +32,8 @@ class FaceFinder:
 
     def _find_one(self, image):
         small, scale = _downscale(image, self.detect_side)
+        if min(small.size) < self.mtcnn.min_face_size:  # no face fits, and MTCNN fails on such an image
+            return Faces()
         with torch.inference_mode():
             boxes, probs = self.mtcnn.detect(small)
         if boxes is None:
