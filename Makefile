@@ -6,7 +6,7 @@ export PYTHONWARNINGS ?= ignore::FutureWarning
 
 .PHONY: setup demo test
 setup:
-	scripts/setup
+	FACESORT_VENV=$(VENV) scripts/setup
 
 demo: setup
 	$(VENV)/bin/facesort run data/sample --out sorted-sample
