@@ -12,6 +12,7 @@ from .commands.evaluate import evaluate
 from .commands.predict import predict
 from .commands.review import review
 from .commands.run import run
+from .commands.serve import serve
 from .commands.train import train
 
 
@@ -27,3 +28,4 @@ main.add_command(predict)
 main.add_command(evaluate)
 main.add_command(review)
 main.add_command(clean)
+main.add_command(serve)
