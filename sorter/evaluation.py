@@ -3,19 +3,16 @@
 Face-aware by default, as `facesort run` sorts: the figure is what a user of `run` gets. An image in which no face
 is found has no probabilities (NaN), so it is predicted `neither` at every threshold, exactly as `run` places it.
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FacesortError
-from .faces import DETECT_SIDE, FaceFinder
-from .images import ImageError, load_image
+from .faces import FaceFinder
 from .labels import VOCAB, folder_label, label_set
 from .metrics import OUTCOMES, label_metrics
-from .prediction import predict_images
+from .prediction import predict_sources
 from .training import find_training_images
 
 SWEEP = tuple(round(t / 10, 1) for t in range(1, 10))  # 0.1 ... 0.9
@@ -43,38 +40,19 @@ def classify_labelled(data_dir, classifier, whole_image=False, batch_size=64, lo
     data_dir = Path(data_dir)
     paths = find_training_images(data_dir, log)
     finder = None if whole_image else finder or FaceFinder()
-    min_side = classifier.size if whole_image else DETECT_SIDE * 3 // 4
     scored = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for start in range(0, len(paths), CHUNK):
-            chunk = paths[start:start + CHUNK]
-            decoded = list(pool.map(lambda p: _decode(p, min_side), chunk))
-            scored += _score_chunk(data_dir, chunk, decoded, classifier, whole_image, batch_size, finder)
-            log(f"classified {len(scored)}/{len(paths)}")
+    for start in range(0, len(paths), CHUNK):
+        chunk = [(path, path) for path in paths[start:start + CHUNK]]
+        scored += [_scored(data_dir, result) for result in
+                   predict_sources(classifier, chunk, whole_image, batch_size, finder)]
+        log(f"classified {len(scored)}/{len(paths)}")
     return scored
 
 
-def _decode(path, min_side):
-    try:
-        return load_image(path, min_side)
-    except ImageError as e:
-        return e
-
-
-def _score_chunk(data_dir, chunk, decoded, classifier, whole_image, batch_size, finder):
-    ok = [image for image in decoded if not isinstance(image, ImageError)]
-    predictions = iter(predict_images(classifier, ok, whole_image, batch_size, finder))
-    result = []
-    for path, image in zip(chunk, decoded):
-        target = np.array([label in label_set(path) for label in VOCAB])
-        rel = path.relative_to(data_dir).as_posix()
-        if isinstance(image, ImageError):
-            result.append(Scored(path, rel, target, np.full(len(VOCAB), np.nan), error=str(image)))
-            continue
-        prediction = next(predictions)
-        probs = np.array([prediction.probs.get(label, np.nan) for label in VOCAB])
-        result.append(Scored(path, rel, target, probs, prediction.faces))
-    return result
+def _scored(data_dir, result):
+    path = Path(result["path"])
+    return Scored(path, path.relative_to(data_dir).as_posix(), np.array([label in label_set(path) for label in VOCAB]),
+                  np.array([result["probs"].get(label, np.nan) for label in VOCAB]), result["faces"], result["error"])
 
 
 def evaluate(scored, threshold, group_depth=2):
