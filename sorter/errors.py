@@ -11,11 +11,3 @@ class OutputLocked(FacesortError):
     """Another run holds the output folder: exit code 4."""
 
     exit_code = 4
-
-
-class Interrupted(FacesortError):
-    """The run was asked to stop (SIGINT/SIGTERM) and stopped cleanly after the current batch."""
-
-    def __init__(self, signum):
-        super().__init__(f"stopped by signal {signum} after the current batch")
-        self.exit_code = 128 + signum

@@ -1,8 +1,12 @@
 """`facesort run`: sort a folder of photos into OUT/male, OUT/female and OUT/neither, incrementally.
 
-The order of work keeps OUT consistent at every moment: copies are placed atomically, then recorded in the state
-database, then the cumulative report is rewritten from that record.
+The order of work keeps OUT consistent whenever the process dies, SIGKILL included. For each chunk of photos:
+the copies it may touch are journalled, the new copies are placed atomically, then the chunk is recorded in the
+state database in one transaction. Copies the record no longer lists (a photo moved from male/ to female/, a
+pruned photo, or a copy a killed run placed but never recorded) are removed only after the cumulative report has
+been rewritten from the record: at the end of a run, or at the start of the next one.
 """
+import contextlib
 import os
 import signal
 from collections import Counter
@@ -13,13 +17,13 @@ from pathlib import Path
 
 from .archs import sha256_of
 from .discover import walk_photos
-from .errors import FacesortError, Interrupted
+from .errors import FacesortError
 from .faces import DETECT_SIDE, FaceFinder
 from .images import ImageError, load_image
 from .labels import labels_text
+from .placement import (check_folders, check_writable, destinations, place_copy, remove_copy,
+                        sweep_temporary_files, target_path)
 from .prediction import predict_images
-from .placement import (check_writable, destinations, place_copy, remove_copy, sweep_temporary_files,
-                        target_path)
 from .report import display_path, write_report
 from .state import OutputLock, State
 
@@ -29,7 +33,7 @@ CUMULATIVE_REPORT = "facesort-report.csv"
 @dataclass
 class RunOptions:
     batch_size: int = 64
-    chunk_size: int = 128
+    chunk_size: int = 128  # photos per commit: a crash or a stop loses at most one chunk of work
     dry_run: bool = False
     report: Path | None = None
     whole_image: bool = False
@@ -38,7 +42,12 @@ class RunOptions:
     prune: bool = False
     reclassify: bool = False
     follow_links: bool = False
+    new_input: bool = False
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @property
+    def mode(self):
+        return "whole-image" if self.whole_image else "face-aware"
 
 
 @dataclass
@@ -46,9 +55,12 @@ class RunSummary:
     counts: Counter
     report: Path
     cumulative: Path | None
+    stopped_by: int | None = None  # the signal that stopped the run early
 
     @property
     def exit_code(self):
+        if self.stopped_by:
+            return 128 + self.stopped_by
         return 3 if self.counts["failed"] else 0
 
 
@@ -77,67 +89,83 @@ class Job:
 
 
 def sort_folder(input_dir, out_dir, classifier, opts=None, events=None, should_stop=lambda: None):
-    """Sort INPUT into OUT; returns a RunSummary. Raises FacesortError for fatal problems, Interrupted on signal."""
+    """Sort INPUT into OUT; returns a RunSummary (stopped early when `should_stop()` returns a signal number).
+
+    Raises FacesortError for fatal problems, OutputLocked (a FacesortError) when another run holds OUT.
+    """
     opts, events = opts or RunOptions(), events or Quiet()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     check_folders(input_dir, out_dir)
-    check_writable(out_dir)
     with OutputLock(out_dir):
-        swept = sweep_temporary_files(out_dir)
-        if swept:
-            events.log(f"removed {swept} temporary files left by an interrupted run")
+        check_writable(out_dir)
         state = State(out_dir)
         try:
-            return _sort_locked(input_dir, out_dir, classifier, opts, events, should_stop, state)
+            _check_same_input(state, input_dir, out_dir, opts)
+            output = Output(out_dir, state, opts.dry_run)
+            output.recover(events)
+            return _sort(input_dir, output, classifier, opts, events, should_stop)
         finally:
             state.close()
 
 
-def check_folders(input_dir, out_dir):
-    if not input_dir.is_dir():
-        raise FacesortError(f"input folder not found: {input_dir}")
-    if not os.access(input_dir, os.R_OK | os.X_OK):
-        raise FacesortError(f"cannot read input folder: {input_dir}")
-    if os.path.realpath(input_dir) == os.path.realpath(out_dir):
-        raise FacesortError("the output folder must not be the input folder")
+def _check_same_input(state, input_dir, out_dir, opts):
+    """One OUT per INPUT: photos are known by their path relative to INPUT, so another INPUT would overwrite them."""
+    recorded, current = state.input_dir(), os.path.realpath(input_dir)
+    if recorded and recorded != current and not opts.new_input:
+        raise FacesortError(f"{out_dir} holds photos sorted from {recorded}, not {current}: use one output folder "
+                            "per input folder, or pass --new-input if the input folder was moved")
+    if not opts.dry_run and recorded != current:
+        state.set_input_dir(current)
 
 
-def _sort_locked(input_dir, out_dir, classifier, opts, events, should_stop, state):
-    known = state.all()
-    counts, rows, jobs, seen = Counter(), [], [], set()
+def _sort(input_dir, output, classifier, opts, events, should_stop):
+    counts, known = Counter(), output.state.all()
+    rows, jobs, seen = _survey(input_dir, output.out_dir, known, classifier, opts, counts)
+    rows += _handle_gone(output, known, _gone(known, seen), opts, counts, events)
+    if counts["outdated"]:
+        events.log(f"{counts['outdated']} photos were sorted by another model, threshold or mode "
+                   "(--reclassify sorts them again)")
+    events.log(f"{len(jobs)} photos to classify, {counts['unchanged']} unchanged")
+    report = _run_report_path(output.out_dir, opts)
+    events.start(len(jobs))
+    done = 0
+    try:
+        for chunk_rows in _classify_chunks(jobs, classifier, opts):
+            output.commit(chunk_rows, classifier, opts)
+            rows += chunk_rows
+            done += len(chunk_rows)
+            _count_outcomes(chunk_rows, counts)
+            events.advance(len(chunk_rows))
+            if should_stop():
+                break
+    except BaseException:
+        with contextlib.suppress(OSError):  # best effort: the error that stopped the run matters more
+            write_report(report, rows)
+        raise
+    counts["remaining"] = len(jobs) - done
+    write_report(report, rows)
+    output.finish()
+    return RunSummary(counts, report, output.cumulative, should_stop())
+
+
+def _survey(input_dir, out_dir, known, classifier, opts, counts):
+    """Walk INPUT: report rows for files not worth reading, jobs for the photos to classify, every name seen."""
+    rows, jobs, seen = [], [], set()
     for found in walk_photos(input_dir, exclude=[out_dir], follow_links=opts.follow_links):
         seen.add(found.rel)
         if found.status:
             counts["failed" if found.status == "error" else "skipped"] += 1
             rows.append(_row(found.rel, found.status, error=found.reason))
-            continue
-        job = _plan(found, known.get(found.rel), classifier, opts, counts)
-        if job:
-            jobs.append(job)
-    rows += _handle_deleted(out_dir, state, known, seen, opts, counts)
-    if counts["outdated"]:
-        events.log(f"{counts['outdated']} photos were sorted by another model or threshold "
-                   "(--reclassify sorts them again)")
-    events.log(f"{len(jobs)} photos to classify, {counts['unchanged']} unchanged")
-    cumulative = None if opts.dry_run else out_dir / CUMULATIVE_REPORT
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    report = Path(opts.report) if opts.report else out_dir / "reports" / f"facesort-run-{stamp}.csv"
-    events.start(len(jobs))
-    try:
-        for job_rows in _classify_chunks(jobs, classifier, opts, events, should_stop):
-            rows += job_rows
-            _commit(job_rows, out_dir, state, classifier, opts, counts)
-            if cumulative:
-                write_report(cumulative, _cumulative_rows(state))
-            events.advance(len(job_rows))
-    finally:
-        write_report(report, rows)
-    return RunSummary(counts, report, cumulative)
+        else:
+            job = _plan(found, known.get(found.rel), classifier, opts, counts)
+            if job:
+                jobs.append(job)
+    return rows, jobs, seen
 
 
 def _plan(found, previous, classifier, opts, counts):
-    """Decide whether a photo needs classifying this run, counting why."""
-    stat = os.stat(found.path)
+    """Decide whether a photo needs classifying this run, counting why; an unchanged photo is not even opened."""
+    stat = found.stat
     reason = None
     if previous is None:
         reason = "new"
@@ -147,7 +175,8 @@ def _plan(found, previous, classifier, opts, counts):
         reason = "changed"
     elif previous["status"] == "error":
         reason = "retried"
-    elif (previous["model_sha256"], previous["threshold"]) != (classifier.sha256, classifier.threshold):
+    elif (previous["model_sha256"], previous["threshold"], previous["mode"]) != (
+            classifier.sha256, classifier.threshold, opts.mode):
         counts["outdated"] += not (opts.reclassify or opts.rescan)
         reason = "reclassified" if opts.reclassify or opts.rescan else None
     elif opts.rescan:
@@ -159,36 +188,125 @@ def _plan(found, previous, classifier, opts, counts):
     return Job(found.path, found.rel, reason, stat, previous)
 
 
-def _handle_deleted(out_dir, state, known, seen, opts, counts):
-    """Photos recorded before but gone from INPUT: reported; with --prune their copies and records go too."""
-    rows = []
-    for rel in sorted(set(known) - seen):
-        counts["deleted"] += 1
-        if opts.prune and not opts.dry_run:
-            for folder in known[rel]["destinations"]:
-                remove_copy(target_path(out_dir, folder, rel))
-            state.forget([rel])
-        rows.append(_row(rel, "pruned" if opts.prune else "deleted",
-                         error="" if opts.prune else "gone from the input folder; copies kept (--prune removes them)"))
-    return rows
+def _gone(known, seen):
+    """Recorded photos not found in INPUT this run; those under a folder that could not be listed are not gone."""
+    unlisted = tuple("" if rel == "./" else rel for rel in seen if rel.endswith("/"))
+    return sorted(rel for rel in known if rel not in seen and not rel.startswith(unlisted))
 
 
-def _classify_chunks(jobs, classifier, opts, events, should_stop):
+def _handle_gone(output, known, gone, opts, counts, events):
+    """Photos gone from INPUT are reported; with --prune their copies and records go too."""
+    counts["deleted"] = len(gone)
+    prune = opts.prune and not opts.dry_run and bool(gone)
+    if prune and len(gone) == len(known):
+        events.log(f"--prune ignored: none of the {len(known)} recorded photos is in the input folder (not mounted?)")
+        prune = False
+    if prune:
+        output.prune(gone, known)
+        return [_row(rel, "pruned") for rel in gone]
+    output.gone = set(gone)
+    hint = "" if opts.prune else " (--prune removes them)"
+    return [_row(rel, "deleted", error=f"gone from the input folder; copies kept{hint}") for rel in gone]
+
+
+def _run_report_path(out_dir, opts):
+    """This run's CSV: --report, or OUT/reports/facesort-run-DATE-TIME.csv (never an earlier run's)."""
+    if opts.report:
+        return Path(opts.report)
+    stem = out_dir / "reports" / f"facesort-run-{datetime.now():%Y%m%d-%H%M%S}"
+    path, n = stem.with_name(stem.name + ".csv"), 1
+    while path.exists():
+        n += 1
+        path = stem.with_name(f"{stem.name}-{n}.csv")
+    return path
+
+
+class Output:
+    """OUT as a run changes it: copies, the state record and the cumulative report, always in a safe order."""
+
+    def __init__(self, out_dir, state, dry_run):
+        self.out_dir, self.state, self.dry_run = out_dir, state, dry_run
+        self.cumulative = None if dry_run else out_dir / CUMULATIVE_REPORT
+        self.gone = set()  # photos gone from INPUT whose copies are kept: the cumulative report says so
+
+    def recover(self, events):
+        """Clean up after a killed run: temporary files, and copies it placed but never recorded."""
+        if self.dry_run:
+            return
+        swept, removed = sweep_temporary_files(self.out_dir), self._remove_stale()
+        if swept or removed:
+            events.log(f"cleaned up after an interrupted run: {swept} temporary files, {removed} unrecorded copies")
+
+    def commit(self, rows, classifier, opts):
+        """Journal the chunk's copies, place the new ones, then record the chunk in one transaction."""
+        if self.dry_run:
+            return
+        self.state.intend({row["_rel"]: _touched(row) for row in rows if row["status"] == "sorted"})
+        for row in rows:
+            if row["status"] == "sorted":
+                self._place(row)
+        self.state.record([_state_row(row, classifier, opts) for row in rows])
+
+    def _place(self, row):
+        """Place a photo's copies; a photo that vanished or became unreadable meanwhile becomes an error row."""
+        job = row["_job"]
+        try:
+            for folder in row["_destinations"]:
+                place_copy(job.path, target_path(self.out_dir, folder, job.rel))
+            row["_sha256"] = sha256_of(job.path)
+        except OSError as e:
+            if os.access(job.path, os.R_OK):
+                raise FacesortError(f"cannot write {self.out_dir / row['_destinations'][0] / job.rel}: "
+                                    f"{e.strerror}") from None
+            row.update(status="error", error="file vanished or became unreadable while it was sorted")
+
+    def prune(self, rels, known):
+        self.state.intend({rel: known[rel]["destinations"] for rel in rels})
+        self.state.record(forget=rels)
+
+    def finish(self):
+        """Rewrite the cumulative report from the record, then remove the copies the record no longer lists."""
+        if self.dry_run:
+            return
+        self._write_cumulative()
+        self._remove_stale(report_written=True)
+
+    def _remove_stale(self, report_written=False):
+        stale = [(folder, rel) for rel, (touched, recorded) in self.state.pending().items()
+                 for folder in sorted(touched - recorded)
+                 if target_path(self.out_dir, folder, rel).exists()]
+        if stale and not report_written:
+            self._write_cumulative()  # first, so the report never lists a copy that is gone
+        for folder, rel in stale:
+            remove_copy(self.out_dir, folder, rel)
+        self.state.settled()
+        return len(stale)
+
+    def _write_cumulative(self):
+        write_report(self.cumulative, _cumulative_rows(self.state.all(), self.gone))
+
+
+def _touched(row):
+    """The folders a sorted photo's copies may be placed in or removed from."""
+    previous = row["_job"].previous
+    return set(row["_destinations"]) | set(previous["destinations"] if previous else [])
+
+
+def _classify_chunks(jobs, classifier, opts):
     """Yield the result rows of each chunk; the next chunk decodes in threads while this one is classified."""
     finder = None if opts.whole_image else FaceFinder()
     min_side = classifier.size if opts.whole_image else DETECT_SIDE * 3 // 4
     chunks = [jobs[i:i + opts.chunk_size] for i in range(0, len(jobs), opts.chunk_size)]
     with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
-        pending = _decode_async(pool, chunks[0], min_side) if chunks else None
-        for index, chunk in enumerate(chunks):
-            decoded = [future.result() for future in pending]
-            if index + 1 < len(chunks):
-                pending = _decode_async(pool, chunks[index + 1], min_side)
-            yield _classify(chunk, decoded, classifier, finder, opts)
-            signum = should_stop()
-            if signum:
-                events.log(f"stopping after this batch (signal {signum})")
-                raise Interrupted(signum)
+        pending = _decode_async(pool, chunks[0], min_side) if chunks else []
+        try:
+            for index, chunk in enumerate(chunks):
+                decoded = [future.result() for future in pending]
+                pending = _decode_async(pool, chunks[index + 1], min_side) if index + 1 < len(chunks) else []
+                yield _classify(chunk, decoded, classifier, finder, opts)
+        finally:
+            for future in pending:  # a stopped run does not wait for the next chunk to decode
+                future.cancel()
 
 
 def _decode_async(pool, chunk, min_side):
@@ -221,35 +339,13 @@ def _prediction_row(job, prediction, classifier, opts):
                 classifier=classifier, destinations=destinations(prediction.labels))
 
 
-def _commit(rows, out_dir, state, classifier, opts, counts):
-    """Place the copies of a chunk, then record the chunk; on a fatal error record what was placed first."""
-    done = []
-    try:
-        for row in rows:
-            job = row.pop("_job")
-            if row["status"] == "error":
-                counts["failed"] += 1
-            elif not opts.dry_run:
-                _place(job, row, out_dir)
-            done.append(_state_row(job, row, classifier))
-            _count_outcome(row, counts)
-    finally:
-        if not opts.dry_run:
-            state.record(done)
-
-
-def _place(job, row, out_dir):
-    for folder in row["_destinations"]:
-        place_copy(job.path, target_path(out_dir, folder, job.rel))
-    stale = set(job.previous["destinations"] if job.previous else []) - set(row["_destinations"])
-    for folder in stale:
-        remove_copy(target_path(out_dir, folder, job.rel))
-
-
-def _count_outcome(row, counts):
-    if row["status"] != "error":
-        counts["sorted"] += 1
-        counts[row["labels"].replace("female;male", "both")] += 1
+def _count_outcomes(rows, counts):
+    for row in rows:
+        if row["status"] == "error":
+            counts["failed"] += 1
+        else:
+            counts["sorted"] += 1
+            counts[row["labels"].replace("female;male", "both")] += 1
 
 
 def _row(rel, status, error="", job=None, prediction=None, classifier=None, destinations=()):
@@ -263,29 +359,39 @@ def _row(rel, status, error="", job=None, prediction=None, classifier=None, dest
     return row
 
 
-def _state_row(job, row, classifier):
-    """The record of a handled photo; a photo that failed keeps the copies an earlier run made."""
-    faces = row.get("faces")
-    kept = job.previous["destinations"] if job.previous and row["status"] == "error" else row["_destinations"]
-    return {"rel": job.rel, "size": job.stat.st_size, "mtime_ns": job.stat.st_mtime_ns,
-            "sha256": sha256_of(job.path) if row["status"] != "error" else None,
-            "model_sha256": classifier.sha256, "threshold": classifier.threshold, "status": row["status"],
-            "labels": row.get("labels", ""), "probs": row.get("_probs", {}), "faces": None if faces in ("", None) else faces,
-            "destinations": kept, "error": row["error"],
-            "sorted_at": datetime.now().isoformat(timespec="seconds")}
+def _state_row(row, classifier, opts):
+    """The record of a handled photo; one that failed keeps the copies (and verdict) an earlier run made."""
+    job = row["_job"]
+    handled = {"rel": job.rel, "size": job.stat.st_size, "mtime_ns": job.stat.st_mtime_ns, "status": row["status"],
+               "error": row["error"], "sorted_at": datetime.now().isoformat(timespec="seconds")}
+    if row["status"] == "error":
+        kept = job.previous or {"model_sha256": classifier.sha256, "threshold": classifier.threshold,
+                                "mode": opts.mode, "labels": "", "probs": {}, "faces": None, "destinations": []}
+        return {**kept, **handled, "sha256": None}
+    return {**handled, "sha256": row["_sha256"], "model_sha256": classifier.sha256, "threshold": classifier.threshold,
+            "mode": opts.mode, "labels": row["labels"], "probs": row["_probs"],
+            "faces": None if row["faces"] == "" else row["faces"], "destinations": row["_destinations"]}
 
 
-def _cumulative_rows(state):
-    for rel, record in sorted(state.all().items()):
-        yield {"path": display_path(rel), "status": record["status"], "labels": record["labels"],
+def _cumulative_rows(records, gone):
+    """The current classification of every photo OUT holds copies of, from the state record."""
+    for rel, record in sorted(records.items()):
+        status, error = record["status"], record["error"]
+        if rel in gone:
+            status, error = "deleted", "gone from the input folder; copies kept"
+        yield {"path": display_path(rel), "status": status, "labels": record["labels"],
                "faces": "" if record["faces"] is None else record["faces"],
-               "destinations": ";".join(record["destinations"]), "error": record["error"],
+               "destinations": ";".join(record["destinations"]), "error": error,
                "threshold": record["threshold"], "model_sha256": record["model_sha256"],
                **{f"prob_{label}": round(p, 4) for label, p in record["probs"].items()}}
 
 
 class StopOnSignals:
-    """Turn SIGINT/SIGTERM into a request to stop after the current batch; calling it returns the signal."""
+    """Turn SIGINT/SIGTERM into a request to stop after the current chunk; calling it returns the first signal.
+
+    After the first signal SIGINT gets its previous handler back, so a second Ctrl-C stops at once (as safe as a
+    kill); a repeated SIGTERM (a process group signalled twice) changes nothing.
+    """
 
     def __init__(self):
         self.signum = None
@@ -297,7 +403,8 @@ class StopOnSignals:
         return self
 
     def _handle(self, signum, frame):
-        self.signum = signum
+        self.signum = self.signum or signum
+        signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
 
     def __call__(self):
         return self.signum

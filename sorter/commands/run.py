@@ -1,4 +1,6 @@
 """`facesort run`: sort a folder of photos into OUT/male, OUT/female and OUT/neither."""
+import signal
+
 import click
 
 from . import EXIT_CODES, batch_option, model_option, reports_errors, threshold_option, whole_image_option
@@ -20,35 +22,57 @@ from ..console import RichEvents, make_events, print_table
 @click.option("--reclassify", is_flag=True, help="Classify again photos sorted by another model or threshold.")
 @click.option("--prune", is_flag=True, help="Remove the copies of photos deleted from INPUT.")
 @click.option("--follow-links", is_flag=True, help="Follow symbolic links (each real file once).")
+@click.option("--chunk-size", default=128, show_default=True, type=click.IntRange(1),
+              help="Photos committed together: a crash or a stop redoes at most this many.")
+@click.option("--new-input", is_flag=True, help="Accept an INPUT other than the one OUT was sorted from (it moved).")
 @reports_errors
 def run(input_dir, out_dir, model_path, threshold, whole_image, batch_size, report, dry_run, verify, rescan,
-        reclassify, prune, follow_links):
+        reclassify, prune, follow_links, chunk_size, new_input):
     """Sort the photos under INPUT into OUT/male, OUT/female (both, with both faces) and OUT/neither.
 
     INPUT is never modified. Copies keep their path relative to INPUT. Photos already sorted and unchanged are
-    skipped. Every photo handled gets a row in this run's CSV; OUT/facesort-report.csv lists all of them.
+    skipped, so a nightly run only classifies what is new. Every photo handled gets a row in this run's CSV;
+    OUT/facesort-report.csv lists all of them. SIGINT/SIGTERM stop after the current chunk.
     """
-    from ..errors import Interrupted
-    from ..inference import Classifier
-    from ..sorting import RunOptions, StopOnSignals, sort_folder
+    from ..placement import check_folders
+    from ..state import OutputLock
 
     events = make_events()
-    classifier = Classifier(model_path, threshold)
-    mode = "whole-image" if whole_image else "face-aware"
-    events.log(f"model {classifier.path} (sha256 {classifier.sha256[:12]}), threshold {classifier.threshold}, "
-               f"{mode}, device cpu")
-    opts = RunOptions(batch_size=batch_size, dry_run=dry_run, report=report, whole_image=whole_image, verify=verify,
-                      rescan=rescan, reclassify=reclassify, prune=prune, follow_links=follow_links)
+    check_folders(input_dir, out_dir)
     try:
-        with StopOnSignals() as stop:
-            summary = sort_folder(input_dir, out_dir, classifier, opts, events, stop)
-    except Interrupted as e:
-        events.log(str(e))
-        raise SystemExit(e.exit_code) from None
+        with OutputLock(out_dir):  # a second run exits 4 here, before the slow imports and model load
+            summary = _sort(input_dir, out_dir, model_path, threshold, events, batch_size=batch_size,
+                            chunk_size=chunk_size, dry_run=dry_run, report=report, whole_image=whole_image,
+                            verify=verify, rescan=rescan, reclassify=reclassify, prune=prune,
+                            follow_links=follow_links, new_input=new_input)
+    except KeyboardInterrupt:  # a second Ctrl-C: OUT is as safe as after a kill, the next run finishes the work
+        click.echo("facesort: stopped at once by a second interrupt; the next run finishes the work", err=True)
+        raise SystemExit(128 + signal.SIGINT) from None
     finally:
         if isinstance(events, RichEvents):
             events.close()
-    keys = ("new", "changed", "retried", "reclassified", "rescanned", "unchanged", "outdated", "failed", "skipped",
-            "deleted", "sorted", "male", "female", "both", "neither")
-    print_table("facesort run", [(k, summary.counts[k]) for k in keys] + [("report", summary.report)])
+    _print_summary(summary)
     raise SystemExit(summary.exit_code)
+
+
+def _sort(input_dir, out_dir, model_path, threshold, events, **options):
+    from ..inference import Classifier
+    from ..sorting import RunOptions, StopOnSignals, sort_folder
+
+    classifier = Classifier(model_path, threshold)
+    opts = RunOptions(**options)
+    events.log(f"model {classifier.path} (sha256 {classifier.sha256[:12]}), threshold {classifier.threshold}, "
+               f"{opts.mode}, device cpu")
+    with StopOnSignals() as stop:
+        summary = sort_folder(input_dir, out_dir, classifier, opts, events, stop)
+    if summary.stopped_by:
+        events.log(f"stopped by {signal.Signals(summary.stopped_by).name} after the current chunk; "
+                   f"{summary.counts['remaining']} photos left for the next run")
+    return summary
+
+
+def _print_summary(summary):
+    keys = ("new", "changed", "retried", "reclassified", "rescanned", "unchanged", "outdated", "failed", "skipped",
+            "deleted", "sorted", "male", "female", "both", "neither", "remaining")
+    rows = [(k, summary.counts[k]) for k in keys] + [("report", summary.report)]
+    print_table("facesort run", rows + ([("cumulative", summary.cumulative)] if summary.cumulative else []))
