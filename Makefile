@@ -1,10 +1,11 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make demo   installs facesort into .venv and sorts the sample photos with the bundled model
 #   make test   installs what the tests need and runs them
+#   make bench  measures facesort run against the model alone and learn.predict (scripts/bench, ~30 min)
 VENV ?= .venv
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
-.PHONY: setup demo test
+.PHONY: setup demo test bench
 setup:
 	FACESORT_VENV=$(VENV) scripts/setup
 
@@ -13,3 +14,6 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	$(VENV)/bin/python scripts/bench
