@@ -40,10 +40,7 @@ def create_app(model_path=None, threshold=None, whole_image=False, max_upload_mb
     page, script_hash = _page({
         "model": classifier.path.name, "sha256": classifier.sha256, "threshold": classifier.threshold,
         "mode": "whole image" if whole_image else "face-aware", "maxUploadBytes": max_bytes, "heif": HEIF_SUPPORTED})
-    headers = {"Content-Security-Policy": f"default-src 'none'; script-src 'sha256-{script_hash}'; "
-                                          "style-src 'unsafe-inline'; img-src blob:; connect-src 'self'; "
-                                          "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+    headers = _page_headers(script_hash)
 
     def predict(sources):
         with lock:  # one model, one batch at a time: a fastai learner is not safe to share between threads
@@ -122,6 +119,14 @@ def _display_name(filename, number):
     name = re.split(r"[/\\]", filename or "")[-1]
     name = "".join(c for c in name if c.isprintable())[:200].strip()
     return name or f"upload-{number}"
+
+
+def _page_headers(script_hash):
+    """The page may run its own script, fetch from its own server and show photos picked here: nothing else."""
+    return {"Content-Security-Policy": f"default-src 'none'; script-src 'sha256-{script_hash}'; "
+                                       "style-src 'unsafe-inline'; img-src blob:; connect-src 'self'; "
+                                       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 async def _json_error(request, exc):

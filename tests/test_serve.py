@@ -22,9 +22,9 @@ def client(tiny_model):
         yield client
 
 
-def photo_bytes(tmp_path, label, seed=0, name=None):
+def photo_bytes(tmp_path, label, seed=0):
     """A training-set photo of `label` (seed < 24), as uploaded bytes."""
-    return make_photo(tmp_path / (name or f"{label}_{seed}.jpg"), label, seed=seed).read_bytes()
+    return make_photo(tmp_path / f"{label}_{seed}.jpg", label, seed=seed).read_bytes()
 
 
 def post(client, *files):
@@ -55,7 +55,8 @@ def test_two_images_keep_their_order_and_names(client, tmp_path):
 
 
 def test_same_name_twice_gets_two_results(client, tmp_path):
-    response = post(client, ("image.jpg", photo_bytes(tmp_path, "female", 1)), ("image.jpg", photo_bytes(tmp_path, "male", 2)))
+    response = post(client, ("image.jpg", photo_bytes(tmp_path, "female", 1)),
+                    ("image.jpg", photo_bytes(tmp_path, "male", 2)))
     assert [r["labels"] for r in response.json()["results"]] == [["female"], ["male"]]
 
 
