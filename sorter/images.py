@@ -19,8 +19,8 @@ except ImportError:
     HEIF_SUPPORTED = False
 
 MAX_PIXELS = 100_000_000  # 100 MP: well above any camera's photo, far below a decompression bomb
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-warnings.simplefilter("error", Image.DecompressionBombWarning)
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow refuses images over twice this itself, before decoding
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the rest are refused by _check_size, by size
 
 # First bytes of the formats we sort; content decides, never the extension.
 _MAGIC = (
@@ -95,7 +95,7 @@ def load_image(source, min_side=None):
         raise ImageError("file vanished before it could be read") from None
     except PermissionError:
         raise ImageError("permission denied: cannot read the file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise ImageError(f"image too large: over {MAX_PIXELS:,} pixels (possible decompression bomb)") from None
     except UnidentifiedImageError:
         raise ImageError("not a recognised image: the content matches no image format") from None

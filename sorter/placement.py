@@ -1,12 +1,14 @@
 """Placing copies in OUT atomically: a temporary file beside the target, then a rename."""
-import errno
+import contextlib
+import hashlib
 import os
 import re
-import shutil
+import stat
 import tempfile
 from pathlib import Path
 
-from .errors import FacesortError
+from .errors import FacesortError, stopping_write_error
+from .images import ImageError
 
 TMP_PREFIX = ".facesort-tmp-"
 REPORT_TMP = re.compile(r"\..+\.tmp\d+")  # report.write_report's temporary name
@@ -23,20 +25,59 @@ def target_path(out_dir, folder, rel_path):
     return Path(out_dir) / folder / rel_path
 
 
-def place_copy(source, target):
-    """Copy `source` to `target` so that `target` is either absent, the old file, or the whole new file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)  # a short name: the target's may be 255 bytes
-    os.close(fd)
+def place_copy(source, target, listed=None):
+    """Copy `source` to `target` so that `target` is either absent, the old file, or the whole new file.
+
+    With `listed` (the source's stat when INPUT was listed), a source changed since is not copied: what was
+    classified might not be what would be copied. Returns the sha256 of the bytes copied. A problem with this file
+    alone raises ImageError (the run goes on); a full, read-only or failing disk raises FacesortError (it stops).
+    """
+    with _open_source(source) as src:
+        _check_unchanged(src, listed)
+        tmp = None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)  # short: the target's name may not be
+            digest = _copy(src, fd, tmp)
+            _check_unchanged(src, listed)
+            os.replace(tmp, target)
+        except BaseException as e:
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise stopping_write_error(e, target) or ImageError(
+                    f"cannot write its copy in the output folder: {e.strerror}") from None
+            raise
+    return digest
+
+
+def _open_source(source):
     try:
-        shutil.copyfile(source, tmp)
-        shutil.copystat(source, tmp)
-        os.replace(tmp, target)
+        return open(source, "rb")
+    except FileNotFoundError:
+        raise ImageError("file vanished before it could be copied") from None
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise FacesortError(f"disk full while writing {target}: stopped; photos sorted so far are kept") from None
-        raise
+        raise ImageError(f"cannot read the file to copy it: {e.strerror}") from None
+
+
+def _check_unchanged(src, listed):
+    now = os.fstat(src.fileno())
+    if listed and (now.st_ino, now.st_size, now.st_mtime_ns) != (listed.st_ino, listed.st_size, listed.st_mtime_ns):
+        raise ImageError("file changed while it was being sorted: it will be sorted on the next run")
+
+
+def _copy(src, fd, tmp):
+    """Write the open source into the open temporary file, with its mode and times; returns the bytes' sha256."""
+    digest = hashlib.sha256()
+    with open(fd, "wb") as out:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            digest.update(block)
+            out.write(block)
+    st = os.fstat(src.fileno())
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return digest.hexdigest()
 
 
 def remove_copy(out_dir, folder, rel_path):

@@ -4,7 +4,7 @@ import io
 import os
 from pathlib import Path
 
-from .errors import FacesortError
+from .errors import FacesortError, stopping_write_error
 
 COLUMNS = ("path", "status", "labels", "prob_female", "prob_male", "faces", "destinations", "error", "threshold",
            "model_sha256")
@@ -17,9 +17,12 @@ def display_path(rel):
 
 
 def safe_cell(value):
-    """Neutralise text a spreadsheet would run as a formula by prefixing a quote (OWASP's advice)."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
+    """Neutralise text a spreadsheet would run as a formula by prefixing a quote (OWASP's advice); a file name's
+    undecodable bytes, wherever they appear, are written as \\xNN."""
+    if isinstance(value, str):
+        value = display_path(value)
+        if value.startswith(FORMULA_STARTS):
+            return "'" + value
     return value
 
 
@@ -35,12 +38,16 @@ def write_report(path, rows, columns=COLUMNS):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8-sig", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: safe_cell(value) for key, value in row.items()})
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8-sig", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({key: safe_cell(value) for key, value in row.items()})
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # never leave half a report behind (a full disk)
+        raise stopping_write_error(e, path) or e from None
     return path
 
 

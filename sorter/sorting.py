@@ -248,17 +248,14 @@ class Output:
         self.state.record([_state_row(row, classifier, opts) for row in rows])
 
     def _place(self, row):
-        """Place a photo's copies; a photo that vanished or became unreadable meanwhile becomes an error row."""
+        """Place a photo's copies; one that vanished, changed since listing or cannot be copied becomes an error
+        row (copies of it placed meanwhile are removed as unrecorded). A full disk stops the run (FacesortError)."""
         job = row["_job"]
         try:
             for folder in row["_destinations"]:
-                place_copy(job.path, target_path(self.out_dir, folder, job.rel))
-            row["_sha256"] = sha256_of(job.path)
-        except OSError as e:
-            if os.access(job.path, os.R_OK):
-                raise FacesortError(f"cannot write {self.out_dir / row['_destinations'][0] / job.rel}: "
-                                    f"{e.strerror}") from None
-            row.update(status="error", error="file vanished or became unreadable while it was sorted")
+                row["_sha256"] = place_copy(job.path, target_path(self.out_dir, folder, job.rel), job.stat)
+        except ImageError as e:
+            row.update(status="error", error=str(e), destinations="")
 
     def prune(self, rels, known):
         self.state.intend({rel: known[rel]["destinations"] for rel in rels})

@@ -47,7 +47,7 @@ def tree_digest(root):
         for name in sorted(files):
             path = os.path.join(folder, name)
             digest.update(os.fsencode(os.path.relpath(path, root)))
-            if not os.path.islink(path):
+            if os.path.isfile(path) and not os.path.islink(path):  # never open a FIFO: it would block
                 digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 
