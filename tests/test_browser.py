@@ -16,6 +16,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PHONE = {"width": 390, "height": 844}
 
+playwright_api = pytest.importorskip("playwright.sync_api",
+                                     reason="Playwright is not installed: pip install -e '.[test]'")
+pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
+                                reason=f"no browser: {CHROMIUM} is not installed (apt-get install chromium)")
+
 DROP = """([name, data]) => {
     const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
     const transfer = new DataTransfer();
@@ -32,13 +37,6 @@ CARDS = """() => Array.from(document.querySelectorAll(".card"), (card) => ({
     threshold: (card.querySelector(".threshold") || {}).textContent,
     error: (card.querySelector(".error") || {}).textContent,
 }))"""
-
-
-@pytest.fixture
-def playwright_api():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no browser: {CHROMIUM} is not installed (apt-get install chromium)")
-    return pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 
 
 @pytest.fixture
@@ -67,7 +65,7 @@ def _wait_for_url(process, log_path, timeout=180):
     raise AssertionError(f"facesort serve did not start in {timeout} s:\n{log_path.read_text()}")
 
 
-def test_upload_through_the_page_shows_labels(playwright_api, server, tmp_path):
+def test_upload_through_the_page_shows_labels(server, tmp_path):
     blue = make_photo(tmp_path / "upload" / "blue.jpg", "male", seed=3, size=(320, 240))
     red = make_photo(tmp_path / "upload" / "red.jpg", "female", seed=5, size=(240, 320))
     notes = tmp_path / "upload" / "notes.txt"
