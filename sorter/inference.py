@@ -1,4 +1,6 @@
 """Classifying decoded images with an exported learner, in batches, the fastai way (test_dl + get_preds)."""
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,24 @@ class Prediction:
     labels: list  # sorted subset of VOCAB; [] means neither
     faces: int | None = None  # faces used (face-aware mode only)
     boxes: list | None = None  # face boxes in the decoded image's pixels (face-aware mode only)
+
+
+def model_threads(cpus=None):
+    """Intra-op threads for the model while photos decode in other threads: decoding a phone JPEG costs several
+    times the model, so the model gets a quarter of the CPUs (one on a 2-core machine, where a second thread
+    spinning against the decoders cost 1.5x (whole-image) to 4x (face-aware) more CPU per photo: see README)."""
+    return max(1, (cpus or os.cpu_count() or 1) // 4)
+
+
+@contextmanager
+def torch_threads(count):
+    """Run torch with `count` intra-op threads, restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class Classifier:

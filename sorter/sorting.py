@@ -20,6 +20,7 @@ from .discover import walk_photos
 from .errors import FacesortError
 from .faces import DETECT_SIDE, FaceFinder
 from .images import ImageError, load_image
+from .inference import model_threads, torch_threads
 from .labels import labels_text
 from .placement import (check_folders, check_writable, destinations, place_copy, remove_copy,
                         sweep_temporary_files, target_path)
@@ -294,7 +295,7 @@ def _classify_chunks(jobs, classifier, opts):
     finder = None if opts.whole_image else FaceFinder()
     min_side = classifier.size if opts.whole_image else DETECT_SIDE * 3 // 4
     chunks = [jobs[i:i + opts.chunk_size] for i in range(0, len(jobs), opts.chunk_size)]
-    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool, torch_threads(model_threads()):
         pending = _decode_async(pool, chunks[0], min_side) if chunks else []
         try:
             for index, chunk in enumerate(chunks):
