@@ -11,10 +11,11 @@ MARGIN = 0.25  # crop this much of the face box's size around it on each side, l
 
 @dataclass
 class Faces:
-    """The faces found in one image: boxes (x0, y0, x1, y1 in the image's pixels) and square crops."""
+    """The faces found in one image: boxes (x0, y0, x1, y1 in the image's pixels), square crops, MTCNN's probs."""
 
     boxes: list = field(default_factory=list)
     crops: list = field(default_factory=list)
+    probs: list = field(default_factory=list)
 
 
 class FaceFinder:
@@ -38,8 +39,9 @@ class FaceFinder:
             boxes, probs = self.mtcnn.detect(small)
         if boxes is None:
             return Faces()
-        kept = [box * scale for box, p in zip(boxes, probs) if p >= MIN_CONFIDENCE]
-        return Faces([[round(float(v)) for v in box] for box in kept], [square_crop(image, box) for box in kept])
+        kept = [(box * scale, float(p)) for box, p in zip(boxes, probs) if p >= MIN_CONFIDENCE]
+        return Faces([[round(float(v)) for v in box] for box, _ in kept], [square_crop(image, box) for box, _ in kept],
+                     [p for _, p in kept])
 
 
 def _downscale(image, side):

