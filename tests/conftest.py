@@ -3,6 +3,8 @@
 The colours carry the label (blue male, red female, green neither) so a tiny model from scratch learns them in
 seconds; the tests check plumbing and behaviour, not face recognition.
 """
+import contextlib
+import ctypes
 import hashlib
 import os
 import random
@@ -15,6 +17,7 @@ from PIL import Image, ImageDraw
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # linux/capability.h
 COLOURS = {"male": (30, 60, 220), "female": (220, 40, 40), "neither": (40, 170, 40)}
 
 
@@ -90,3 +93,30 @@ def cli():
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@contextlib.contextmanager
+def permission_bits_enforced():
+    """Run the block with permission bits enforced even for root, as for any user.
+
+    Root reads everything through two capabilities, CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: they are dropped
+    from this thread's effective set (threads it starts inherit that) and raised again after. Without root,
+    permission bits are enforced already.
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    caps = (ctypes.c_uint32 * 6)()  # two 32-bit words of (effective, permitted, inheritable)
+    if libc.capget(header, caps) != 0:
+        pytest.skip(f"running as root and capget failed ({os.strerror(ctypes.get_errno())}): cannot make "
+                    "permission bits count")
+    effective = caps[0]
+    caps[0] &= ~(1 << CAP_DAC_OVERRIDE | 1 << CAP_DAC_READ_SEARCH)
+    assert libc.capset(header, caps) == 0, os.strerror(ctypes.get_errno())
+    try:
+        yield
+    finally:
+        caps[0] = effective
+        assert libc.capset(header, caps) == 0, os.strerror(ctypes.get_errno())

@@ -6,9 +6,7 @@ editors write, broken and fake files, decompression bombs, awkward names, links,
 vanish or change between the listing and the reading. Tests run as root here, and root ignores permission bits, so
 the run is made with the effective uid of `nobody`: an unreadable file is then really unreadable.
 """
-import contextlib
 import csv
-import ctypes
 import os
 import random
 import struct
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLOURS, make_photo, tree_digest
+from conftest import COLOURS, make_photo, permission_bits_enforced, tree_digest
 from PIL import Image
 
 import sorter.sorting
@@ -28,7 +26,6 @@ from sorter.images import HEIF_SUPPORTED, MAX_PIXELS, ImageError, load_image
 from sorter.placement import TMP_PREFIX
 from sorter.report import display_path, safe_cell
 
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # linux/capability.h
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
 ORIENTATION = 0x0112  # the EXIF tag
 
@@ -249,33 +246,6 @@ class Corpus:
     def tamper(self):
         (self.race / "vanishes.jpg").unlink(missing_ok=True)
         make_photo(self.race / "changes.jpg", "male", size=(80, 60))
-
-
-@contextlib.contextmanager
-def permission_bits_enforced():
-    """Run the block with permission bits enforced even for root, as for any user.
-
-    Root reads everything through two capabilities, CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: they are dropped
-    from this thread's effective set (threads it starts inherit that) and raised again after. Without root,
-    permission bits are enforced already.
-    """
-    if os.geteuid() != 0:
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
-    caps = (ctypes.c_uint32 * 6)()  # two 32-bit words of (effective, permitted, inheritable)
-    if libc.capget(header, caps) != 0:
-        pytest.skip(f"running as root and capget failed ({os.strerror(ctypes.get_errno())}): cannot make "
-                    "permission bits count")
-    effective = caps[0]
-    caps[0] &= ~(1 << CAP_DAC_OVERRIDE | 1 << CAP_DAC_READ_SEARCH)
-    assert libc.capset(header, caps) == 0, os.strerror(ctypes.get_errno())
-    try:
-        yield
-    finally:
-        caps[0] = effective
-        assert libc.capset(header, caps) == 0, os.strerror(ctypes.get_errno())
 
 
 def read_report(path):
