@@ -87,7 +87,7 @@ class State:
                 raise FacesortError(f"{path} was written by another facesort version (schema {version}); "
                                     "move it away to start OUT afresh")
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+            self.db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")  # all or none
 
     def all(self):
         """Every recorded photo as {rel: row dict}."""

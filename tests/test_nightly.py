@@ -9,6 +9,7 @@ import csv
 import importlib
 import multiprocessing
 import os
+import random
 import re
 import shutil
 import signal
@@ -416,6 +417,29 @@ def test_sigkill_at_any_point_then_rerun_completes_the_work(spawn, sort, expecte
     rerun = sort(input_dir, out)
     assert rerun.exit_code == 0, rerun.output
     assert_complete(out, input_dir, expected[1])
+
+
+def test_sigkill_repeatedly_mid_run_then_rerun_completes_the_work(spawn, sort, expected, tmp_path):
+    """Runs on one OUT, each killed a few copies after it started placing (or while recovering from the last kill),
+    at moments chosen by timing rather than by a freeze point; FACESORT_CRASH_REPEATS sets how many at most."""
+    input_dir, out = fresh_input(expected, tmp_path), tmp_path / "out"
+    rng, kills = random.Random(4), 0
+    for _ in range(int(os.environ.get("FACESORT_CRASH_REPEATS", "4"))):
+        process = spawn(input_dir, out)
+        target = len(copies(out)) + rng.randint(1, 3)
+        while process.exitcode is None and len(copies(out)) < target:
+            time.sleep(0.002)
+        process.kill()
+        process.join(30)
+        assert_consistent(out, input_dir)
+        if process.exitcode == 0:
+            break
+        assert process.exitcode == -signal.SIGKILL
+        kills += 1
+    assert kills >= 1
+    assert sort(input_dir, out).exit_code == 0
+    assert_complete(out, input_dir, expected[1])
+    print(f"{kills} runs killed mid-way")
 
 
 RECLASSIFY_KILL_POINTS = {

@@ -45,8 +45,8 @@ def run(input_dir, out_dir, model_path, threshold, whole_image, batch_size, repo
                             chunk_size=chunk_size, dry_run=dry_run, report=report, whole_image=whole_image,
                             verify=verify, rescan=rescan, reclassify=reclassify, prune=prune,
                             follow_links=follow_links, new_input=new_input)
-    except KeyboardInterrupt:  # a second Ctrl-C: OUT is as safe as after a kill, the next run finishes the work
-        click.echo("facesort: stopped at once by a second interrupt; the next run finishes the work", err=True)
+    except KeyboardInterrupt:  # Ctrl-C while loading, or a second one: OUT is as safe as after a kill
+        click.echo("facesort: interrupted at once; the next run finishes the work", err=True)
         raise SystemExit(128 + signal.SIGINT) from None
     finally:
         if isinstance(events, RichEvents):
