@@ -120,9 +120,11 @@ def relabelled(data_dir, rel, label):
 
 
 def apply_plan(plan, review_csv):
-    """Do every move of a plan with no refusals, or none; returns the undo log's path."""
+    """Do every move of a plan with no refusals, or none; returns the undo log's path (None: nothing to move)."""
     if plan.refused:
         raise FacesortError(f"{len(plan.refused)} rows refused: nothing changed")
+    if not plan.moves:
+        return None
     log_path = plan.data_dir / TRASH_DIR / plan.stamp / UNDO_LOG
     log = {"data_dir": str(plan.data_dir), "review": str(Path(review_csv).resolve()),
            "applied": datetime.now().isoformat(timespec="seconds"), "undone": None,

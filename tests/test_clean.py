@@ -112,6 +112,15 @@ def test_two_rows_for_one_file_are_refused(cli, tiny_model, tmp_path):
     assert result.exit_code == 1 and "another row already moves this file" in result.output
 
 
+def test_nothing_to_do_changes_nothing(cli, tiny_model, tmp_path):
+    data, review_csv = reviewed(tmp_path, cli, tiny_model)
+    edit(review_csv, {"web/male/male_0.jpg": "male"})  # already male
+    before = tree_digest(data)
+    result = cli("clean", review_csv, "--apply")
+    assert result.exit_code == 0 and "0 to move, 6 kept, 0 refused" in result.output
+    assert "nothing to move" in result.output and tree_digest(data) == before
+
+
 def test_a_failure_part_way_puts_everything_back(cli, tiny_model, tmp_path, monkeypatch):
     from sorter import cleaning
 

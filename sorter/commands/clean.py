@@ -23,7 +23,7 @@ def clean(review_csv, apply_, undo_log):
     if bool(review_csv) == bool(undo_log):
         raise click.UsageError("give either REVIEW_CSV or --undo LOG")
     if undo_log:
-        data_dir, pairs, refused = plan_undo(undo_log)
+        _, pairs, refused = plan_undo(undo_log)
         lines = [f"restore: {target} -> {source}" for target, source in pairs]
     else:
         plan = plan_clean(review_csv)
@@ -40,4 +40,5 @@ def clean(review_csv, apply_, undo_log):
     elif undo_log:
         click.echo(f"restored {apply_undo(undo_log)} files")
     else:
-        click.echo(f"done; undo log: {apply_plan(plan, review_csv)}")
+        log_path = apply_plan(plan, review_csv)
+        click.echo(f"done; undo log: {log_path}" if log_path else "nothing to move")
