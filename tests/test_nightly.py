@@ -352,9 +352,9 @@ def expected(tiny_model, tmp_path_factory):
     return input_dir, copies(out)
 
 
-def fresh_input(expected, tmp_path):
-    """A copy of the crash tests' input (same bytes and mtimes) in this test's folder."""
-    return Path(shutil.copytree(expected[0], tmp_path / "in"))  # copy2: same bytes and mtimes
+def fresh_input(expected, folder):
+    """A copy of the crash tests' input (same bytes and mtimes) in `folder`."""
+    return Path(shutil.copytree(expected[0], folder / "in"))  # copy2: same bytes and mtimes
 
 
 def test_second_run_exits_4_and_changes_nothing(spawn, sort, expected, tmp_path):
@@ -420,26 +420,28 @@ def test_sigkill_at_any_point_then_rerun_completes_the_work(spawn, sort, expecte
 
 
 def test_sigkill_repeatedly_mid_run_then_rerun_completes_the_work(spawn, sort, expected, tmp_path):
-    """Runs on one OUT, each killed a few copies after it started placing (or while recovering from the last kill),
-    at moments chosen by timing rather than by a freeze point; FACESORT_CRASH_REPEATS sets how many at most."""
-    input_dir, out = fresh_input(expected, tmp_path), tmp_path / "out"
+    """Runs on one OUT, each killed a few copies after it started placing (or while it recovered from the last
+    kill), at moments chosen by timing rather than by a freeze point, until one finishes. FACESORT_CRASH_ROUNDS
+    repeats the whole scenario on a fresh OUT."""
     rng, kills = random.Random(4), 0
-    for _ in range(int(os.environ.get("FACESORT_CRASH_REPEATS", "4"))):
-        process = spawn(input_dir, out)
-        target = len(copies(out)) + rng.randint(1, 3)
-        while process.exitcode is None and len(copies(out)) < target:
-            time.sleep(0.002)
-        process.kill()
-        process.join(30)
-        assert_consistent(out, input_dir)
-        if process.exitcode == 0:
-            break
-        assert process.exitcode == -signal.SIGKILL
-        kills += 1
+    for n in range(int(os.environ.get("FACESORT_CRASH_ROUNDS", "1"))):
+        input_dir, out = fresh_input(expected, tmp_path / str(n)), tmp_path / str(n) / "out"
+        for _ in range(30):
+            process = spawn(input_dir, out)
+            target = len(copies(out)) + rng.randint(1, 3)
+            while process.exitcode is None and len(copies(out)) < target:
+                time.sleep(0.002)
+            process.kill()
+            process.join(30)
+            assert_consistent(out, input_dir)
+            if process.exitcode == 0:
+                break
+            assert process.exitcode == -signal.SIGKILL
+            kills += 1
+        assert sort(input_dir, out).exit_code == 0
+        assert_complete(out, input_dir, expected[1])
     assert kills >= 1
-    assert sort(input_dir, out).exit_code == 0
-    assert_complete(out, input_dir, expected[1])
-    print(f"{kills} runs killed mid-way")
+    print(f"{kills} runs killed mid-way in {n + 1} rounds")
 
 
 RECLASSIFY_KILL_POINTS = {
