@@ -468,8 +468,10 @@ def test_sigkill_while_copies_move_between_folders(spawn, sort, expected, tmp_pa
 
 def test_nightly_wrapper_logs_plain_lines_and_passes_the_exit_status(tiny_model, photos, tmp_path):
     out, logs = tmp_path / "out", tmp_path / "logs"
-    env = dict(os.environ, FACESORT=str(ROOT / ".venv" / "bin" / "facesort"), FACESORT_LOG_DIR=str(logs),
-               FACESORT_KEEP_LOGS="2")
+    facesort = tmp_path / "facesort"  # this checkout's facesort, with the Python running the tests
+    facesort.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m sorter "$@"\n')
+    facesort.chmod(0o755)
+    env = dict(os.environ, FACESORT=str(facesort), FACESORT_LOG_DIR=str(logs), FACESORT_KEEP_LOGS="2")
     nightly = [str(ROOT / "scripts" / "facesort-nightly"), str(photos), str(out), "--model", str(tiny_model),
                "--whole-image"]
     ok = subprocess.run(nightly, env=env, capture_output=True, text=True, timeout=300)
