@@ -101,6 +101,8 @@ def load_image(source, min_side=None):
         raise ImageError("not a recognised image: the content matches no image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"corrupt or truncated image: {e}") from None
+    except Exception as e:  # decoders meet malformed files in many ways (struct.error, IndexError...): all are bad files
+        raise ImageError(f"corrupt image: {type(e).__name__}: {e}") from None
 
 
 def _opened(source):

@@ -380,3 +380,13 @@ def test_a_decompression_bomb_is_refused_without_using_its_memory(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"over {MAX_PIXELS:,} pixels" in result.stdout
+
+
+def test_a_decoder_failing_in_an_unforeseen_way_means_a_bad_file(tmp_path, monkeypatch):
+    """A decoder bug on a malformed file must not escape load_image: in a run it would stop every other photo."""
+    def broken_decoder(*args, **kwargs):
+        raise IndexError("tile index out of range")
+
+    monkeypatch.setattr(Image, "open", broken_decoder)
+    with pytest.raises(ImageError, match="corrupt image: IndexError: tile index out of range"):
+        load_image(make_photo(tmp_path / "a.jpg", "male"))
