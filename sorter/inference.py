@@ -20,11 +20,16 @@ class Prediction:
     boxes: list | None = None  # face boxes in the decoded image's pixels (face-aware mode only)
 
 
+def available_cpus():
+    """CPUs this process may run on (its affinity: a container or taskset may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def model_threads(cpus=None):
     """Intra-op threads for the model while photos decode in other threads: decoding a phone JPEG costs several
     times the model, so the model gets a quarter of the CPUs (one on a 2-core machine, where a second thread
     spinning against the decoders cost 1.5x (whole-image) to 4x (face-aware) more CPU per photo: see README)."""
-    return max(1, (cpus or os.cpu_count() or 1) // 4)
+    return max(1, (cpus or available_cpus()) // 4)
 
 
 @contextmanager
@@ -65,9 +70,11 @@ class Classifier:
         """The tutorial's way: one prediction per whole image."""
         return [self.verdict(row) for row in self.probabilities(images, batch_size)]
 
-    def predict_faces(self, images, finder, batch_size=64):
-        """Face-aware: classify every face crop of all images in one batch; a photo gets the union of its faces."""
-        found = finder.find(images)
+    def predict_faces(self, images, finder, batch_size=64, found=None):
+        """Face-aware: classify every face crop of all images in one batch; a photo gets the union of its faces.
+
+        `found` holds the images' faces when they were already detected (facesort run detects while decoding)."""
+        found = finder.find(images) if found is None else found
         crops = [crop for faces in found for crop in faces.crops]
         probs = self.probabilities(crops, batch_size)
         results, start = [], 0

@@ -4,11 +4,11 @@ from .images import ImageError, load_image
 from .inference import Classifier
 
 
-def predict_images(classifier, images, whole_image=False, batch_size=64, finder=None):
-    """Predictions for decoded images, in one batched pass."""
+def predict_images(classifier, images, whole_image=False, batch_size=64, finder=None, found=None):
+    """Predictions for decoded images, in one batched pass (`found`: their faces, when already detected)."""
     if whole_image:
         return classifier.predict_whole(images, batch_size)
-    return classifier.predict_faces(images, finder or FaceFinder(), batch_size)
+    return classifier.predict_faces(images, finder or FaceFinder(), batch_size, found)
 
 
 def as_dict(name, prediction, classifier, size=None):

@@ -20,7 +20,7 @@ from .discover import walk_photos
 from .errors import FacesortError
 from .faces import DETECT_SIDE, FaceFinder
 from .images import ImageError, load_image
-from .inference import model_threads, torch_threads
+from .inference import available_cpus, model_threads, torch_threads
 from .labels import labels_text
 from .placement import (check_folders, check_writable, destinations, place_copy, remove_copy,
                         sweep_temporary_files, target_path)
@@ -44,7 +44,7 @@ class RunOptions:
     reclassify: bool = False
     follow_links: bool = False
     new_input: bool = False
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=available_cpus)
 
     @property
     def mode(self):
@@ -296,32 +296,36 @@ def _classify_chunks(jobs, classifier, opts):
     min_side = classifier.size if opts.whole_image else DETECT_SIDE * 3 // 4
     chunks = [jobs[i:i + opts.chunk_size] for i in range(0, len(jobs), opts.chunk_size)]
     with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool, torch_threads(model_threads()):
-        pending = _decode_async(pool, chunks[0], min_side) if chunks else []
+        pending = _decode_async(pool, chunks[0], min_side, finder) if chunks else []
         try:
             for index, chunk in enumerate(chunks):
                 decoded = [future.result() for future in pending]
-                pending = _decode_async(pool, chunks[index + 1], min_side) if index + 1 < len(chunks) else []
+                pending = (_decode_async(pool, chunks[index + 1], min_side, finder) if index + 1 < len(chunks)
+                           else [])
                 yield _classify(chunk, decoded, classifier, finder, opts)
         finally:
             for future in pending:  # a stopped run does not wait for the next chunk to decode
                 future.cancel()
 
 
-def _decode_async(pool, chunk, min_side):
-    return [pool.submit(_decode, job.path, min_side) for job in chunk]
+def _decode_async(pool, chunk, min_side, finder):
+    return [pool.submit(_decode, job.path, min_side, finder) for job in chunk]
 
 
-def _decode(path, min_side):
+def _decode(path, min_side, finder):
+    """(image, faces or None), or the ImageError: face detection runs here too, in parallel across photos."""
     try:
-        return load_image(path, min_side)
+        image = load_image(path, min_side)
     except ImageError as e:
         return e
+    return image, finder.find([image])[0] if finder else None
 
 
 def _classify(chunk, decoded, classifier, finder, opts):
-    ok = [i for i, image in enumerate(decoded) if not isinstance(image, ImageError)]
-    images = [decoded[i] for i in ok]
-    predictions = predict_images(classifier, images, opts.whole_image, opts.batch_size, finder)
+    ok = [i for i, item in enumerate(decoded) if not isinstance(item, ImageError)]
+    images = [decoded[i][0] for i in ok]
+    found = None if finder is None else [decoded[i][1] for i in ok]
+    predictions = predict_images(classifier, images, opts.whole_image, opts.batch_size, finder, found)
     by_index = dict(zip(ok, predictions))
     rows = []
     for i, job in enumerate(chunk):
