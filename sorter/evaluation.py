@@ -65,6 +65,7 @@ def evaluate(scored, threshold, group_depth=2):
     result = label_metrics(probs, targets, threshold)
     result["unreadable"] = len(scored) - len(readable)
     result["no_face"] = sum(s.faces == 0 for s in readable)
+    result["faces_missed"] = sum(s.faces == 0 for s in readable if s.target.any())  # male/female, no face found
     result["groups"] = _groups(readable, probs, targets, threshold, group_depth)
     result["sweep"] = sweep(probs, targets, threshold)
     return result
@@ -82,6 +83,7 @@ def _groups(readable, probs, targets, threshold, depth):
         rows = names == name
         metrics = label_metrics(probs[rows], targets[rows], threshold)
         groups[name] = {key: metrics[key] for key in ("images", "exact_match", "accuracy_multi", "predicted")}
+        groups[name]["no_face"] = sum(s.faces == 0 for s, row in zip(readable, rows) if row)
     return groups
 
 
@@ -103,9 +105,10 @@ def format_text(result):
     """The evaluation as plain text tables, for a terminal or a log."""
     lines = [f"{result['images']} images ({result['unreadable']} unreadable, not counted), "
              f"threshold {result['threshold']}"]
-    if result["no_face"]:
-        lines.append(f"{result['no_face']} images with no face found, so predicted neither "
-                     "(on tight face crops, --whole-image measures the classifier itself)")
+    if result["faces_missed"]:
+        faces = result["female"]["support"] + result["male"]["support"]
+        lines.append(f"no face found in {result['faces_missed']} of {faces} male/female images: they count as "
+                     "neither (on tight face crops, --whole-image measures the classifier itself)")
     lines += [f"exact_match {result['exact_match']:.4f}  accuracy_multi {result['accuracy_multi']:.4f}", "",
               f"{'label':<8}{'precision':>10}{'recall':>8}{'f1':>8}{'support':>9}"]
     for label in VOCAB:
@@ -115,10 +118,11 @@ def format_text(result):
     for truth in OUTCOMES:
         lines.append(f"{truth:<9}" + "".join(f"{result['confusion'][truth][o]:>9}" for o in OUTCOMES))
     width = max(len("folder"), *(len(name) for name in result["groups"]))
-    lines += ["", f"{'folder':<{width}}{'images':>8}{'exact':>8}{'acc_multi':>10}  predicted"]
+    lines += ["", f"{'folder':<{width}}{'images':>8}{'exact':>8}{'acc_multi':>10}{'no_face':>9}  predicted"]
     for name, g in result["groups"].items():
         predicted = " ".join(f"{k}={v}" for k, v in g["predicted"].items() if v)
-        lines.append(f"{name:<{width}}{g['images']:>8}{g['exact_match']:>8.4f}{g['accuracy_multi']:>10.4f}  {predicted}")
+        lines.append(f"{name:<{width}}{g['images']:>8}{g['exact_match']:>8.4f}{g['accuracy_multi']:>10.4f}"
+                     f"{g['no_face']:>9}  {predicted}")
     lines += ["", "threshold sweep (* = threshold in use)",
               f"{'thresh':>7}{'exact':>8}{'acc_multi':>10}" + "".join(f"{l + '_prec':>13}{l + '_rec':>12}" for l in VOCAB)]
     for row in result["sweep"]:

@@ -84,7 +84,8 @@ def test_no_face_counts_as_neither_at_every_threshold():
     scored = [Scored("male/a.jpg", "male/a.jpg", np.array([False, True]), np.array([np.nan, np.nan]), faces=0),
               Scored("neither/b.jpg", "neither/b.jpg", np.array([False, False]), np.array([np.nan, np.nan]), faces=0)]
     result = evaluate(scored, 0.0)
-    assert result["no_face"] == 2
+    assert result["no_face"] == 2 and result["faces_missed"] == 1
+    assert result["groups"]["male"]["no_face"] == 1
     assert result["confusion"]["male"]["neither"] == 1 and result["confusion"]["neither"]["neither"] == 1
     assert all(row["exact_match"] == 0.5 for row in result["sweep"])
 
@@ -92,7 +93,10 @@ def test_no_face_counts_as_neither_at_every_threshold():
 def test_face_aware_is_the_default_and_finds_no_faces_in_flat_colours(cli, tiny_model, known):
     r = evaluate_json(cli, known, tiny_model)
     assert r["mode"] == "face-aware"
-    assert r["no_face"] == 6 and r["predicted"]["neither"] == 6
+    assert r["no_face"] == 6 and r["faces_missed"] == 4 and r["predicted"]["neither"] == 6
+    assert r["groups"]["src1/male"]["no_face"] == 1
+    text = cli("evaluate", known, "--model", tiny_model).stdout
+    assert "no face found in 4 of 4 male/female images" in text
     assert r["exact_match"] == pytest.approx(2 / 6)  # only e and f are labelled neither
 
 
