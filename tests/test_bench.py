@@ -1,0 +1,64 @@
+"""scripts/bench (issue 7): its synthetic photos, its measured run, its last three lines; the thread policy."""
+import hashlib
+import importlib.machinery
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sorter.images import load_image
+from sorter.inference import model_threads, torch_threads
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    loader = importlib.machinery.SourceFileLoader("bench", str(SCRIPT))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("bench", loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_model_gets_a_quarter_of_the_cpus_and_at_least_one_thread():
+    assert [model_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 1, 4]
+
+
+def test_torch_threads_restores_the_previous_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_photos_are_distinct_files_with_exif_orientation_and_some_pngs(bench, tmp_path):
+    bases = bench.base_photos((64, 48), 90, 11.0)
+    total = bench.write_photos(tmp_path, 0, 2 * bench.PNG_EVERY, bases, bench.base_screenshot(size=(30, 60)))
+    paths = bench.photo_paths(tmp_path, 1000)
+    assert len(paths) == 2 * bench.PNG_EVERY and total == sum(p.stat().st_size for p in paths)
+    assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}) == len(paths)
+    assert len({p.stat().st_ino for p in paths}) == len(paths)
+    formats = [Image.open(p).format for p in paths]
+    assert formats.count("PNG") == 2 and formats.count("JPEG") == len(paths) - 2
+    orientations = {Image.open(p).getexif().get(0x0112) for p in paths if p.suffix == ".JPG"}
+    assert {1, 6, 8, 3} <= orientations
+    rotated = next(p for p in paths if p.suffix == ".JPG" and Image.open(p).getexif().get(0x0112) == 6)
+    assert load_image(rotated).size == (48, 64)
+
+
+def test_bench_runs_facesort_and_ends_with_the_three_ratios(tiny_model, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--n", "3", "--memory-scale", "2", "--repeat", "1", "--predict-count", "2",
+         "--seconds", "0.1", "--size", "64x48", "--modes", "whole", "--model", str(tiny_model), "--tmp", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split("=")[0] for line in lines[-3:]] == ["ratio_run_vs_model", "ratio_run_vs_predict",
+                                                           "memory_ratio"]
+    assert all(float(line.split("=")[1]) > 0 for line in lines[-3:])
+    assert any(line.startswith("(b) facesort run whole-image: 6 photos") for line in lines)
+    assert list(tmp_path.iterdir()) == []  # the temporary photos are gone
