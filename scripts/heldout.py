@@ -120,22 +120,30 @@ def facesort_predictions(out_dir, truth, model, whole_image, batch=128):
     The model and the detector are loaded before the clock starts, as the peer's are.
     """
     from sorter.faces import DETECT_SIDE, FaceFinder
-    from sorter.inference import Classifier
+    from sorter.inference import Classifier, model_threads, torch_threads
     from sorter.prediction import predict_images
 
     classifier, finder = Classifier(model), FaceFinder()
     min_side = classifier.size if whole_image else DETECT_SIDE * 3 // 4
     first = load_image(out_dir / truth[0]["path"], min_side)
     predict_images(classifier, [first], whole_image, finder=finder)  # first calls are slow: warm up untimed
-    predicted = {}
     start = time.perf_counter()
+    with torch_threads(model_threads()):  # as `facesort run` does: spinning threads cost more than they give
+        predicted = _predict_all(out_dir, truth, classifier, finder, whole_image, min_side, batch)
+    return predicted, len(truth) / (time.perf_counter() - start)
+
+
+def _predict_all(out_dir, truth, classifier, finder, whole_image, min_side, batch):
+    from sorter.prediction import predict_images
+
+    predicted = {}
     for i in range(0, len(truth), batch):
         rows = truth[i:i + batch]
         images = [load_image(out_dir / row["path"], min_side) for row in rows]
         for row, result in zip(rows, predict_images(classifier, images, whole_image, finder=finder)):
             predicted[row["path"]] = {"labels": labels_text(result.labels), "faces": result.faces,
                                       "probs": {k: round(v, 4) for k, v in result.probs.items()}}
-    return predicted, len(truth) / (time.perf_counter() - start)
+    return predicted
 
 
 def peer_predictions(out_dir, truth, peer_python):

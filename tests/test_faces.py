@@ -62,8 +62,8 @@ def test_square_crop_adds_the_margin_and_pads_outside_the_photo_with_black():
 def test_large_photos_are_detected_on_a_small_copy_and_boxes_mapped_back():
     stub = StubMTCNN([[10, 20, 60, 80], [100, 100, 110, 112]], [0.99, 0.5])
     image = Image.new("RGB", (1280, 960), (200, 200, 200))
-    found = finder_with(stub).find([image])[0]
-    assert stub.sizes == [(640, 480)]  # detection ran on a copy no longer than DETECT_SIDE
+    found = finder_with(stub, detect_side=640).find([image])[0]
+    assert stub.sizes == [(640, 480)]  # detection ran on a copy no longer than detect_side
     assert found.boxes == [[20, 40, 120, 160]]  # the unsure detection is dropped, the other scaled back
     assert found.probs == [pytest.approx(0.99)]
     assert found.crops[0].size == (180, 180)  # cropped from the full-size photo, margin included
