@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make demo   installs facesort into .venv and sorts the sample photos with the bundled model
 #   make test   installs what the tests need and runs them
-#   make bench  measures facesort run against the model alone and learn.predict (scripts/bench, ~30 min)
+#   make bench  measures facesort run against the model alone and learn.predict (scripts/bench, ~40 min)
 VENV ?= .venv
 export PYTHONWARNINGS ?= ignore::FutureWarning
 
