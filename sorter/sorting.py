@@ -18,13 +18,13 @@ from pathlib import Path
 from .archs import sha256_of
 from .discover import walk_photos
 from .errors import FacesortError
-from .faces import DETECT_SIDE, FaceFinder
+from .faces import FaceFinder
 from .images import ImageError, load_image
 from .inference import available_cpus, model_threads, torch_threads
 from .labels import labels_text
 from .placement import (check_folders, check_writable, destinations, place_copy, remove_copy,
                         sweep_temporary_files, target_path)
-from .prediction import predict_images
+from .prediction import decode_side, predict_images
 from .report import display_path, write_report
 from .state import OutputLock, State
 
@@ -293,7 +293,7 @@ def _touched(row):
 def _classify_chunks(jobs, classifier, opts):
     """Yield the result rows of each chunk; the next chunk decodes in threads while this one is classified."""
     finder = None if opts.whole_image else FaceFinder()
-    min_side = classifier.size if opts.whole_image else DETECT_SIDE * 3 // 4
+    min_side = decode_side(classifier, opts.whole_image)
     chunks = [jobs[i:i + opts.chunk_size] for i in range(0, len(jobs), opts.chunk_size)]
     with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool, torch_threads(model_threads()):
         pending = _decode_async(pool, chunks[0], min_side, finder) if chunks else []
