@@ -45,12 +45,14 @@ def read_csv(path):
 
 
 def copies(out):
-    """{(folder, relative path)} of every file in OUT's label folders."""
+    """{(folder, relative path)} of every file in OUT's label folders.
+
+    os.walk, not rglob: a run in progress may remove an emptied folder while this looks (walk skips it)."""
     found = set()
     for folder in LABEL_FOLDERS:
-        for path in (out / folder).rglob("*"):
-            if path.is_file():
-                found.add((folder, path.relative_to(out / folder).as_posix()))
+        for parent, _, files in os.walk(out / folder):
+            for name in files:
+                found.add((folder, Path(parent, name).relative_to(out / folder).as_posix()))
     return found
 
 
