@@ -376,7 +376,9 @@ def test_second_run_exits_4_and_changes_nothing(spawn, sort, expected, tmp_path)
 
 def test_sigterm_stops_after_the_current_chunk_with_a_summary(spawn, sort, expected, tmp_path):
     input_dir, out = fresh_input(expected, tmp_path), tmp_path / "out"
-    process = spawn(input_dir, out, freeze_at=("sorter.state.State.record", 2))
+    # Frozen as chunk 2 starts to classify, not at a chunk boundary: a signal sent to a stopped process is taken,
+    # once it continues, by whichever of its threads runs first, so the main thread only sees it a moment later.
+    process = spawn(input_dir, out, freeze_at=("sorter.sorting._classify", 2, "before"))
     _wait_stopped(process)
     os.kill(process.pid, signal.SIGTERM)
     os.kill(process.pid, signal.SIGTERM)  # a process group signalled twice: still a clean stop
