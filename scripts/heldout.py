@@ -17,8 +17,10 @@ import argparse
 import csv
 import json
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -114,36 +116,29 @@ def read_truth(out_dir):
         return [{**row, "groups": json.loads(row["groups"])} for row in csv.DictReader(f)]
 
 
-def facesort_predictions(out_dir, truth, model, whole_image, batch=128):
-    """{path: labels, faces, probs} from facesort, and photos per second, decoding included as in `facesort run`.
+def facesort_predictions(out_dir, truth, model, whole_image):
+    """{path: labels, faces, probs} and photos per second of `facesort run` itself over OUT/photos.
 
-    The model and the detector are loaded before the clock starts, as the peer's are.
+    The run sorts into a fresh temporary folder (decoding, detection in parallel threads, copies and reports
+    included); the model and the detector are loaded before the clock starts, as the peer's are.
     """
-    from sorter.faces import DETECT_SIDE, FaceFinder
-    from sorter.inference import Classifier, model_threads, torch_threads
-    from sorter.prediction import predict_images
+    from sorter.inference import Classifier
+    from sorter.sorting import RunOptions, sort_folder
 
-    classifier, finder = Classifier(model), FaceFinder()
-    min_side = classifier.size if whole_image else DETECT_SIDE * 3 // 4
-    first = load_image(out_dir / truth[0]["path"], min_side)
-    predict_images(classifier, [first], whole_image, finder=finder)  # first calls are slow: warm up untimed
-    start = time.perf_counter()
-    with torch_threads(model_threads()):  # as `facesort run` does: spinning threads cost more than they give
-        predicted = _predict_all(out_dir, truth, classifier, finder, whole_image, min_side, batch)
-    return predicted, len(truth) / (time.perf_counter() - start)
-
-
-def _predict_all(out_dir, truth, classifier, finder, whole_image, min_side, batch):
-    from sorter.prediction import predict_images
-
-    predicted = {}
-    for i in range(0, len(truth), batch):
-        rows = truth[i:i + batch]
-        images = [load_image(out_dir / row["path"], min_side) for row in rows]
-        for row, result in zip(rows, predict_images(classifier, images, whole_image, finder=finder)):
-            predicted[row["path"]] = {"labels": labels_text(result.labels), "faces": result.faces,
-                                      "probs": {k: round(v, 4) for k, v in result.probs.items()}}
-    return predicted
+    classifier = Classifier(model)
+    with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as sorted_dir:
+        first = Path(warm, "in")
+        first.mkdir()
+        shutil.copy(out_dir / truth[0]["path"], first)  # first calls are slow (MTCNN's load): warm up untimed
+        sort_folder(first, Path(warm, "out"), classifier, RunOptions(whole_image=whole_image))
+        start = time.perf_counter()
+        summary = sort_folder(out_dir / "photos", sorted_dir, classifier, RunOptions(whole_image=whole_image))
+        seconds = time.perf_counter() - start
+        with open(summary.report, encoding="utf-8-sig", newline="") as f:
+            rows = {f"photos/{row['path']}": row for row in csv.DictReader(f)}
+    return {path: {"labels": row["labels"], "faces": row["faces"],
+                   "probs": {k: float(row[f"prob_{k}"]) for k in ("female", "male") if row[f"prob_{k}"]}} for path, row in rows.items()}, \
+        len(truth) / seconds
 
 
 def peer_predictions(out_dir, truth, peer_python):

@@ -1,5 +1,5 @@
 """Predicting a handful of files (facesort predict, facesort serve): results as plain, JSON-ready dicts."""
-from .faces import DETECT_SIDE, FaceFinder
+from .faces import CROP_SIDE, FaceFinder
 from .images import ImageError, load_image
 from .inference import Classifier
 
@@ -25,8 +25,8 @@ def error_dict(name, error, classifier):
 
 
 def decode_side(classifier, whole_image):
-    """The shortest side worth decoding: the model's input size, or enough for face detection."""
-    return classifier.size if whole_image else DETECT_SIDE * 3 // 4
+    """The shortest side worth decoding: the model's input size, or enough to crop faces from."""
+    return classifier.size if whole_image else CROP_SIDE
 
 
 def predict_sources(classifier, sources, whole_image=False, batch_size=64, finder=None):
