@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make demo   installs facesort into .venv and sorts the sample photos with the bundled model
 #   make test   installs what the tests need and runs them
-#   make bench  measures facesort run against the model alone and learn.predict (scripts/bench, ~40 min)
+#   make bench  measures facesort run against the model alone and learn.predict (scripts/bench, ~8 min on an idle 2-core machine)
 VENV ?= .venv
 export PYTHONWARNINGS ?= ignore::FutureWarning
 

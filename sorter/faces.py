@@ -3,9 +3,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-DETECT_SIDE = 320  # detection runs on a copy no longer than this (README, "Face detection settings")
+DETECT_SIDE = 320  # detection runs on a copy no longer than this (README, "Face detection")
 MIN_FACE = 24  # smallest face, in pixels of that copy, worth classifying (7.5% of the photo's long side)
-STAGE_THRESHOLDS = (0.8, 0.8, 0.9)  # MTCNN's three networks' cut-offs: fewer candidates, 1.6x faster than its default
+STAGE_THRESHOLDS = (0.8, 0.8, 0.9)  # cut-offs of MTCNN's three networks: fewer candidate boxes
 MIN_CONFIDENCE = 0.92  # MTCNN's probability below which a detection is ignored
 CROP_SIDE = 300  # faces are cropped from the photo decoded with at least this short side, not from the small copy
 MARGIN = 0.25  # crop this much of the face box's size around it on each side, like the training crops
