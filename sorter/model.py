@@ -68,6 +68,11 @@ def _who_else_can_write(st, folder):
     return ""
 
 
+def python_version():
+    """'3.11': fastai's export stores some of its functions as this Python's bytecode, so a model is tied to it."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def load_model(path=None):
     """Load an exported learner on the CPU; returns (learner, path, sha256)."""
     from fastai.learner import load_learner
@@ -91,4 +96,13 @@ def load_model(path=None):
             raise FacesortError(f"cannot load model {path}: {type(e).__name__}: {e}") from None
     if list(getattr(learn.dls, "vocab", [])) != ["female", "male"]:
         raise FacesortError(f"{path} is not a facesort model (its labels are not female/male)")
+    _check_python(learn, path)
     return learn, path, digest
+
+
+def _check_python(learn, path):
+    """Refuse a model exported by another Python: its pickled bytecode could crash or misbehave when run here."""
+    exported = getattr(learn, "facesort", {}).get("python")
+    if exported and exported != python_version():
+        raise FacesortError(f"{path} was exported by Python {exported} and this is Python {python_version()}: fastai "
+                            f"stores some of its code in the model as bytecode; use Python {exported} or retrain")

@@ -25,6 +25,7 @@ from .faces import square_crop
 from .images import ImageError, load_image
 from .labels import VOCAB, folder_label, label_set, labelled_images
 from .metrics import best_threshold, label_metrics
+from .model import python_version
 
 
 @dataclass
@@ -179,7 +180,8 @@ def export(learn, model_path, threshold, metrics):
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     learn.loss_func.thresh = threshold
-    learn.facesort = {"threshold": threshold, "arch": metrics["arch"], "size": metrics["size"]}
+    learn.facesort = {"threshold": threshold, "arch": metrics["arch"], "size": metrics["size"],
+                      "python": python_version()}
     tmp = model_path.with_name(f".{model_path.name}.tmp{os.getpid()}")
     learn.export(tmp.absolute())
     os.chmod(tmp, os.stat(tmp).st_mode & ~0o022)  # facesort refuses to load model files others could write

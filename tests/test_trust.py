@@ -13,7 +13,7 @@ import sorter
 import sorter.model
 from sorter.archs import sha256_of
 from sorter.errors import FacesortError
-from sorter.model import bundled_model_path, expected_sha256, load_model
+from sorter.model import bundled_model_path, expected_sha256, load_model, python_version
 
 ROOT = Path(sorter.__file__).resolve().parent.parent
 
@@ -69,6 +69,15 @@ def test_a_model_owned_by_another_user_is_refused(hostile_model, tmp_path):
     with pytest.raises(FacesortError, match=r"belongs to another user \(uid 12345\)"):
         load_model(hostile_model)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_model_exported_by_another_python_is_refused(tiny_model, tmp_path):
+    learn, _, _ = load_model(tiny_model)
+    learn.facesort = {**learn.facesort, "python": "3.1"}  # fastai pickled some of its code as that version's bytecode
+    learn.export(tmp_path / "old.pkl")
+    (tmp_path / "old.pkl").chmod(0o644)
+    with pytest.raises(FacesortError, match=f"exported by Python 3.1 and this is Python {python_version()}"):
+        load_model(tmp_path / "old.pkl")
 
 
 def test_the_cli_refuses_with_one_line(cli, tiny_model, photos, tmp_path):
