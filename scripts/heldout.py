@@ -135,10 +135,14 @@ def facesort_predictions(out_dir, truth, model, whole_image):
         summary = sort_folder(out_dir / "photos", sorted_dir, classifier, RunOptions(whole_image=whole_image))
         seconds = time.perf_counter() - start
         with open(summary.report, encoding="utf-8-sig", newline="") as f:
-            rows = {f"photos/{row['path']}": row for row in csv.DictReader(f)}
-    return {path: {"labels": row["labels"], "faces": row["faces"],
-                   "probs": {k: float(row[f"prob_{k}"]) for k in ("female", "male") if row[f"prob_{k}"]}} for path, row in rows.items()}, \
-        len(truth) / seconds
+            predicted = {f"photos/{row['path']}": _prediction(row) for row in csv.DictReader(f)}
+    return predicted, len(truth) / seconds
+
+
+def _prediction(report_row):
+    """labels, faces and probabilities of one row of facesort's CSV report."""
+    probs = {k: float(report_row[f"prob_{k}"]) for k in ("female", "male") if report_row[f"prob_{k}"]}
+    return {"labels": report_row["labels"], "faces": report_row["faces"], "probs": probs}
 
 
 def peer_predictions(out_dir, truth, peer_python):
