@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from . import archs
 from .discover import image_files
 from .errors import FacesortError
-from .faces import square_crop
+from .faces import FaceFinder, square_crop
 from .images import ImageError, load_image
 from .labels import VOCAB, folder_label, label_set, labelled_images
 from .metrics import best_threshold, label_metrics
@@ -239,8 +239,6 @@ def _spread_sample(items, per_folder):
 
 @lru_cache(maxsize=None)
 def _finder(min_face):
-    from .faces import FaceFinder
-
     return FaceFinder(min_face=min_face)
 
 

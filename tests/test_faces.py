@@ -4,7 +4,6 @@ and training on face crops first (held-out split, hard negatives, the degrade au
 A stub stands in for MTCNN (whose job is finding real faces, not tested here), so these tests stay fast and
 deterministic; the colour of a crop carries its label, as everywhere in this suite.
 """
-from pathlib import Path
 
 import numpy as np
 import pytest
