@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import FacesortError
 from .faces import FaceFinder
+from .inference import BATCH_SIZE
 from .labels import VOCAB, folder_label, label_set
 from .metrics import OUTCOMES, label_metrics
 from .prediction import predict_sources
@@ -35,7 +36,7 @@ class Scored:
         return folder_label(self.path)
 
 
-def classify_labelled(data_dir, classifier, whole_image=False, batch_size=64, log=print, finder=None):
+def classify_labelled(data_dir, classifier, whole_image=False, batch_size=BATCH_SIZE, log=print, finder=None):
     """Every labelled image under `data_dir` with its probabilities, in path order; unreadable ones carry an error."""
     data_dir = Path(data_dir)
     paths = find_training_images(data_dir, log)

@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from .labels import VOCAB
 from .model import load_model
+
+BATCH_SIZE = 16  # images per model batch: on 2 cores, 16 ran 20% faster per image than 64 (cache-sized)
 
 
 @dataclass
@@ -44,15 +48,39 @@ def torch_threads(count):
         torch.set_num_threads(previous)
 
 
+class MirrorAveraged(nn.Module):
+    """Test-time flip: the mean of the network's logits for each image and its mirror image.
+
+    Deterministic, unlike `learn.tta`'s random augmentations, so a photo gets the same answer on every run; on
+    held-out portraits it cut errors by an eighth and narrowed the men/women gap (models/README.md).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        both = self.model(torch.cat([x, x.flip(-1)]).contiguous(memory_format=torch.channels_last))
+        return (both[:len(x)] + both[len(x):]) / 2
+
+
+def inference_model(model):
+    """The exported network as facesort runs it: batch norms folded into the convolutions, channels-last weights
+    (together 3-4 times faster on a CPU, same outputs to 1e-5), and mirror-averaged."""
+    fused = fuse(model.eval()).to(memory_format=torch.channels_last)
+    return MirrorAveraged(fused).eval()
+
+
 class Classifier:
     """An exported facesort learner with its threshold; `probabilities` is the only place the model runs."""
 
     def __init__(self, model_path=None, threshold=None):
         self.learn, self.path, self.sha256 = load_model(model_path)
+        self.learn.model = inference_model(self.learn.model)
         self.threshold = float(threshold if threshold is not None else self.learn.loss_func.thresh)
         self.size = self.learn.facesort.get("size", 128) if hasattr(self.learn, "facesort") else 128
 
-    def probabilities(self, images, batch_size=64):
+    def probabilities(self, images, batch_size=BATCH_SIZE):
         """Sigmoid outputs for a list of PIL images, shape (n, 2) in VOCAB order."""
         if not images:
             return np.zeros((0, len(VOCAB)), dtype=np.float32)
@@ -69,11 +97,11 @@ class Classifier:
         labels = [label for label in VOCAB if probs[label] >= self.threshold]
         return Prediction(probs, labels, faces, boxes)
 
-    def predict_whole(self, images, batch_size=64):
+    def predict_whole(self, images, batch_size=BATCH_SIZE):
         """The tutorial's way: one prediction per whole image."""
         return [self.verdict(row) for row in self.probabilities(images, batch_size)]
 
-    def predict_faces(self, images, finder, batch_size=64, found=None):
+    def predict_faces(self, images, finder, batch_size=BATCH_SIZE, found=None):
         """Face-aware: classify every face crop of all images in one batch; a photo gets the union of its faces.
 
         `found` holds the images' faces when they were already detected (facesort run detects while decoding)."""

@@ -1,10 +1,10 @@
 """Predicting a handful of files (facesort predict, facesort serve): results as plain, JSON-ready dicts."""
 from .faces import CROP_SIDE, FaceFinder
 from .images import ImageError, load_image
-from .inference import Classifier
+from .inference import BATCH_SIZE, Classifier
 
 
-def predict_images(classifier, images, whole_image=False, batch_size=64, finder=None, found=None):
+def predict_images(classifier, images, whole_image=False, batch_size=BATCH_SIZE, finder=None, found=None):
     """Predictions for decoded images, in one batched pass (`found`: their faces, when already detected)."""
     if whole_image:
         return classifier.predict_whole(images, batch_size)
@@ -29,7 +29,7 @@ def decode_side(classifier, whole_image):
     return classifier.size if whole_image else CROP_SIDE
 
 
-def predict_sources(classifier, sources, whole_image=False, batch_size=64, finder=None):
+def predict_sources(classifier, sources, whole_image=False, batch_size=BATCH_SIZE, finder=None):
     """Results for (name, source) pairs, a source being a path or a binary file object: every source is decoded,
     the readable ones predicted in one batched pass; unreadable ones carry an error. Names are only labels."""
     images, errors = [], []
@@ -47,6 +47,6 @@ def predict_sources(classifier, sources, whole_image=False, batch_size=64, finde
             for (name, _), image, error in zip(sources, images, errors)]
 
 
-def predict_files(paths, model_path=None, threshold=None, whole_image=False, batch_size=64):
+def predict_files(paths, model_path=None, threshold=None, whole_image=False, batch_size=BATCH_SIZE):
     """Load the model once and predict every path (facesort predict)."""
     return predict_sources(Classifier(model_path, threshold), [(path, path) for path in paths], whole_image, batch_size)

@@ -20,7 +20,7 @@ from .discover import walk_photos
 from .errors import FacesortError
 from .faces import FaceFinder
 from .images import ImageError, load_image
-from .inference import available_cpus, model_threads, torch_threads
+from .inference import BATCH_SIZE, available_cpus, model_threads, torch_threads
 from .labels import labels_text
 from .placement import (check_folders, check_writable, destinations, place_copy, remove_copy,
                         sweep_temporary_files, target_path)
@@ -33,7 +33,7 @@ CUMULATIVE_REPORT = "facesort-report.csv"
 
 @dataclass
 class RunOptions:
-    batch_size: int = 64
+    batch_size: int = BATCH_SIZE
     chunk_size: int = 128  # photos per commit: a crash or a stop loses at most one chunk of work
     dry_run: bool = False
     report: Path | None = None

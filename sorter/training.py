@@ -23,6 +23,7 @@ from .discover import image_files
 from .errors import FacesortError
 from .faces import FaceFinder, square_crop
 from .images import ImageError, load_image
+from .inference import inference_model
 from .labels import VOCAB, folder_label, label_set, labelled_images
 from .metrics import best_threshold, label_metrics
 from .model import python_version
@@ -153,12 +154,22 @@ def train(data_dir, model_path, opts=None, log=print):
     log(f"learning rate {lr:.2g}" + ("" if opts.lr else " (lr_find)"))
     learn.fine_tune(opts.epochs, base_lr=lr, freeze_epochs=opts.freeze_epochs)
     learn.logger = print  # the learner is pickled on export: keep only picklable attributes
-    probs, targets = learn.get_preds(ds_idx=1)
+    probs, targets = validation_preds(learn)
     threshold = best_threshold(probs, targets)
     metrics = label_metrics(probs, targets, threshold)
     metrics.update(arch=opts.arch, size=opts.size, train_images=len(dls.train_ds), valid_images=len(dls.valid_ds))
     export(learn, model_path, threshold, metrics)
     return metrics
+
+
+def validation_preds(learn):
+    """Probabilities on the validation split from the model as facesort will run it, to calibrate the threshold."""
+    trained = learn.model
+    learn.model = inference_model(trained)  # a fused copy: the trained modules, which are exported, stay as they are
+    try:
+        return learn.get_preds(ds_idx=1)
+    finally:
+        learn.model = trained
 
 
 def _crop_first(data_dir, opts, log):

@@ -33,7 +33,8 @@ model_option = click.option("--model", "model_path", type=click.Path(dir_okay=Fa
                             help="Exported model (.pkl). Default: the bundled model.")
 threshold_option = click.option("--threshold", type=click.FloatRange(0, 1),
                                 help="Probability a label needs. Default: the model's calibrated threshold.")
-batch_option = click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1),
+# the default is sorter.inference.BATCH_SIZE (tests/test_cli.py checks), written here so --help needs no torch
+batch_option = click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
                             help="Images per model batch.")
 whole_image_option = click.option("--whole-image", is_flag=True,
                                   help="Classify the whole photo (the tutorial's way) instead of each face.")

@@ -1,0 +1,37 @@
+"""Classification as facesort runs it: the fused, mirror-averaged network and its batches."""
+import copy
+
+import pytest
+import torch
+from PIL import ImageOps
+
+from conftest import make_photo
+
+
+def test_a_photo_and_its_mirror_image_get_the_same_probabilities(tiny_model, tmp_path):
+    from sorter.images import load_image
+    from sorter.inference import Classifier
+
+    photo = load_image(make_photo(tmp_path / "p.jpg", "male", size=(64, 48)))
+    probs = Classifier(tiny_model).probabilities([photo, ImageOps.mirror(photo)])
+    assert probs[0] == pytest.approx(probs[1], abs=1e-5)
+
+
+def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_image(tiny_model):
+    from sorter.inference import inference_model
+    from sorter.model import load_model
+
+    exported = load_model(tiny_model)[0].model.eval()
+    kept = copy.deepcopy(exported.state_dict())
+    x = torch.randn(5, 3, 32, 32)
+    with torch.inference_mode():
+        expected = (exported(x) + exported(x.flip(-1))) / 2
+        assert inference_model(exported)(x) == pytest.approx(expected, abs=1e-4)
+    assert all(torch.equal(kept[k], v) for k, v in exported.state_dict().items())  # exports stay unfused
+
+
+def test_the_batch_size_option_defaults_to_the_library_batch_size():
+    from sorter.commands.run import run
+    from sorter.inference import BATCH_SIZE
+
+    assert next(p for p in run.params if p.name == "batch_size").default == BATCH_SIZE
