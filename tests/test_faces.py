@@ -1,9 +1,11 @@
 """Face-aware mode plumbing: detection on a downscaled copy, crops with a margin, the union of faces' labels,
 and training on face crops first (held-out split, hard negatives, the degrade augmentation).
 
-A stub stands in for MTCNN (whose job is finding real faces, not tested here), so these tests stay fast and
-deterministic; the colour of a crop carries its label, as everywhere in this suite.
+A stub stands in for MTCNN, so these tests stay fast and deterministic (one test runs the real detector on the
+sample astronaut, to check facesort's faster memory format finds what MTCNN as shipped finds); the colour of a crop carries its label, as everywhere in this suite.
 """
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +144,16 @@ def test_train_refuses_a_face_crop_folder_that_is_not_empty(cli, dataset, tmp_pa
     result = cli("train", dataset, "--model", tmp_path / "m.pkl", "--crop-faces", tmp_path / "crops")
     assert result.exit_code == 1
     assert "is not empty" in result.output and (tmp_path / "crops" / "keep.txt").exists()
+
+
+def test_the_real_detector_finds_the_sample_astronaut_as_mtcnn_does_in_its_shipped_memory_format():
+    import torch
+    from sorter.images import load_image
+
+    photo = load_image(Path(__file__).parent.parent / "data" / "sample" / "people" / "astronaut.jpg")
+    fast = FaceFinder().find([photo])[0]
+    shipped = FaceFinder()
+    for net in (shipped.mtcnn.pnet, shipped.mtcnn.rnet, shipped.mtcnn.onet):
+        net.to(memory_format=torch.contiguous_format)
+    assert len(fast.boxes) == 1
+    assert fast.boxes == shipped.find([photo])[0].boxes
