@@ -2,7 +2,8 @@
 and training on face crops first (held-out split, hard negatives, the degrade augmentation).
 
 A stub stands in for MTCNN, so these tests stay fast and deterministic (one test runs the real detector on the
-sample astronaut, to check facesort's faster memory format finds what MTCNN as shipped finds); the colour of a crop carries its label, as everywhere in this suite.
+sample astronaut: facesort's faster memory format must find what MTCNN as shipped finds); the colour of a crop
+carries its label, as everywhere in this suite.
 """
 
 from pathlib import Path
