@@ -30,6 +30,23 @@ def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_ima
     assert all(torch.equal(kept[k], v) for k, v in exported.state_dict().items())  # exports stay unfused
 
 
+class BranchingNet(torch.nn.Module):
+    """A network torch.fx cannot trace: it branches on a tensor's value."""
+
+    def forward(self, x):
+        pooled = x.mean(dim=(2, 3))[:, :2]
+        return pooled * 2 if pooled.sum() > 0 else pooled
+
+
+def test_a_network_that_cannot_be_fused_is_run_as_exported_and_still_mirror_averaged():
+    from sorter.inference import inference_model
+
+    x = torch.randn(3, 3, 8, 8)
+    with torch.inference_mode():
+        net = BranchingNet()
+        assert inference_model(net)(x) == pytest.approx((net(x) + net(x.flip(-1))) / 2)
+
+
 def test_the_batch_size_option_defaults_to_the_library_batch_size():
     from sorter.commands.run import run
     from sorter.inference import BATCH_SIZE
