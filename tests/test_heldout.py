@@ -1,0 +1,33 @@
+"""scripts/heldout.py: the held-out measurement's scoring and the pooling of several runs."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import heldout  # noqa: E402
+
+
+def test_score_counts_exact_label_sets_per_kind_and_per_portrait_truth():
+    truth = [{"path": "a", "kind": "portrait", "labels": "male", "groups": {}},
+             {"path": "b", "kind": "portrait", "labels": "female", "groups": {}},
+             {"path": "c", "kind": "pair", "labels": "female;male", "groups": {}}]
+    predicted = {"a": {"labels": "male"}, "b": {"labels": "female;male"}, "c": {"labels": "female;male"}}
+    scores = heldout.score(truth, predicted)
+    assert scores["kind portrait"] == {"accuracy": 0.5, "n": 2}
+    assert scores["portrait truth female"] == {"accuracy": 0.0, "n": 1}
+    assert scores["kind pair"] == {"accuracy": 1.0, "n": 1}
+
+
+def test_pooled_runs_sum_photos_and_weight_accuracy_by_photos(tmp_path):
+    files = []
+    for i, (accuracy, n, speed) in enumerate(((0.9, 300, 30.0), (0.8, 100, 20.0))):
+        run = {"model": "bundled", "photos": n, "systems": {"facesort": {
+            "scores": {"kind portrait": {"accuracy": accuracy, "n": n}}, "photos_per_second": speed}}}
+        files.append(tmp_path / f"{i}.json")
+        files[-1].write_text(json.dumps(run))
+    result = heldout.pooled(files)
+    assert result["photos"] == 400
+    assert result["systems"]["facesort"]["scores"]["kind portrait"] == {"accuracy": pytest.approx(0.875), "n": 400}
+    assert result["systems"]["facesort"]["photos_per_second"] == pytest.approx(25.0)
