@@ -26,7 +26,7 @@ from .images import ImageError, load_image
 from .inference import inference_model
 from .labels import VOCAB, folder_label, label_set, labelled_images
 from .metrics import best_threshold, label_metrics
-from .model import python_version
+from .model import load_model, python_version
 
 
 @dataclass
@@ -46,6 +46,8 @@ class TrainOptions:
     crop_faces_to: str | None = None  # crop DATA's faces into this new folder first, and train on that
     per_folder: int | None = None  # with crop_faces_to: use at most this many images of each folder
     degrade: float = 0.3  # share of training images shrunk and re-compressed like small faces in real photos
+    grey: float = 0.0  # share of training images turned black-and-white, like old or artistic photos
+    init_from: str | None = None  # an exported facesort model whose weights training starts from
     progress_bars: bool = True  # fastai's bars; off under cron, where a CSV history is written instead
 
 
@@ -88,6 +90,18 @@ class Degrade(RandTransform):
         return PILImage.create(Image.open(buffer).resize(img.size))
 
 
+class Greyscale(RandTransform):
+    """Black-and-white photos are common and the faces in the data are in colour: turn some training images grey.
+
+    Pickled by reference into exported learners: keep its name. Training only (split_idx 0).
+    """
+
+    split_idx, order = 0, 3  # after Degrade
+
+    def encodes(self, img: PILImage):
+        return PILImage.create(img.convert("L").convert("RGB"))
+
+
 def in_valid_folder(path):
     """FuncSplitter rule: an image under a folder named `valid` is validation (an honest, fixed hold-out)."""
     return "valid" in (part.lower() for part in Path(path).parts[:-1])
@@ -125,7 +139,7 @@ def make_dataloaders(items, opts, root=None):
         blocks=(ImageBlock, MultiCategoryBlock(vocab=list(VOCAB))),
         get_y=label_set,
         splitter=splitter,
-        item_tfms=[RandomResizedCrop(opts.size, min_scale=0.6), Degrade(opts.degrade)],
+        item_tfms=[RandomResizedCrop(opts.size, min_scale=0.6), Degrade(opts.degrade), Greyscale(opts.grey)],
         batch_tfms=aug_transforms(max_lighting=0.4, max_zoom=1.2),
     )
     return block.dataloaders(items, bs=opts.batch_size, num_workers=_workers(opts))
@@ -147,6 +161,8 @@ def train(data_dir, model_path, opts=None, log=print):
     log(f"training {opts.arch} on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)}")
     learn = vision_learner(dls, arch, pretrained=opts.pretrained, metrics=accuracy_multi,
                            loss_func=BCEWithLogitsLossFlat())
+    if opts.init_from:
+        _start_from(learn, opts)
     if not opts.progress_bars:
         learn.remove_cb(ProgressCallback)
         learn.logger = _EpochLog(log)
@@ -160,6 +176,16 @@ def train(data_dir, model_path, opts=None, log=print):
     metrics.update(arch=opts.arch, size=opts.size, train_images=len(dls.train_ds), valid_images=len(dls.valid_ds))
     export(learn, model_path, threshold, metrics)
     return metrics
+
+
+def _start_from(learn, opts):
+    """Load an exported model's weights into the new learner, to fine-tune it further (same architecture)."""
+    trained = load_model(opts.init_from)[0]
+    try:
+        learn.model.load_state_dict(trained.model.state_dict())
+    except RuntimeError:
+        raise FacesortError(f"cannot start from {opts.init_from}: its network is not a {opts.arch} with a "
+                            "female/male head") from None
 
 
 def validation_preds(learn):

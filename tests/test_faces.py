@@ -139,6 +139,15 @@ def test_degrade_shrinks_and_recompresses_training_images_only():
     assert degrade(image, split_idx=1) is image  # never at validation or prediction
 
 
+def test_greyscale_turns_training_images_black_and_white_only():
+    from fastai.vision.all import PILImage
+
+    image = PILImage.create(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    grey = np.asarray(training.Greyscale(p=1.0)(image, split_idx=0)).astype(int)
+    assert grey.shape == (16, 16, 3) and (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert training.Greyscale(p=1.0)(image, split_idx=1) is image  # never at validation or prediction
+
+
 def test_train_refuses_a_face_crop_folder_that_is_not_empty(cli, dataset, tmp_path):
     (tmp_path / "crops").mkdir()
     (tmp_path / "crops" / "keep.txt").write_text("mine")

@@ -58,3 +58,22 @@ def test_missing_pretrained_weights_say_how_to_get_them(tmp_path, cli, dataset, 
     result = cli("train", dataset, "--model", tmp_path / "m.pkl", "--arch", "resnet34")
     assert result.exit_code == 1
     assert "no pretrained weights for resnet34" in result.output and "--no-pretrained" in result.output
+
+
+def test_training_can_start_from_an_exported_model(tmp_path, cli, dataset, tiny_model):
+    import torch
+    from fastai.learner import load_learner
+
+    model = tmp_path / "again.pkl"
+    result = cli("train", dataset, "--model", model, "--init-from", tiny_model, "--arch", "resnet18",
+                 "--no-pretrained", "--size", "32", "--epochs", "0", "--freeze-epochs", "0", "--lr", "1e-3")
+    assert result.exit_code == 0, result.output
+    started, original = (load_learner(m, cpu=True).model.state_dict() for m in (model, tiny_model))
+    assert all(torch.equal(started[k], v) for k, v in original.items())  # no epochs: the weights it started from
+
+
+def test_starting_from_a_model_of_another_architecture_is_a_clear_error(tmp_path, cli, dataset, tiny_model):
+    result = cli("train", dataset, "--model", tmp_path / "m.pkl", "--init-from", tiny_model, "--arch", "mobilenet_v2",
+                 "--no-pretrained", "--size", "32", "--epochs", "0", "--freeze-epochs", "0", "--lr", "1e-3")
+    assert result.exit_code == 1
+    assert "is not a mobilenet_v2" in result.output and "Traceback" not in result.output

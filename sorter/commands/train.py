@@ -30,11 +30,15 @@ from ..console import is_terminal, print_table
               help="With --crop-faces: use at most this many images of each folder, spread evenly over its names.")
 @click.option("--degrade", default=0.3, show_default=True, type=click.FloatRange(0, 1),
               help="Share of training images shrunk and JPEG-compressed, like small faces in real photos.")
+@click.option("--grey", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of training images turned black-and-white, for black-and-white photos.")
+@click.option("--init-from", type=click.Path(dir_okay=False),
+              help="Start from this exported model's weights (same --arch), e.g. to fine-tune the bundled model.")
 @click.option("--workers", type=click.IntRange(0), help="Processes loading images (and cropping faces). [default: 2]")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation metrics as JSON.")
 @reports_errors
 def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_size, valid_pct, seed, no_pretrained,
-          crop_faces_to, per_folder, degrade, workers, as_json):
+          crop_faces_to, per_folder, degrade, grey, init_from, workers, as_json):
     """Train on DATA_DIR, where each image's label is the nearest folder named male, female or neither.
 
     The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
@@ -43,7 +47,8 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
 
     opts = TrainOptions(arch=arch, size=size, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr,
                         batch_size=batch_size, valid_pct=valid_pct, seed=seed, pretrained=not no_pretrained,
-                        crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, workers=workers,
+                        crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
+                        init_from=init_from, workers=workers,
                         progress_bars=is_terminal() and not as_json)
     metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json))
     if as_json:
