@@ -139,7 +139,8 @@ def make_dataloaders(items, opts, root=None):
         blocks=(ImageBlock, MultiCategoryBlock(vocab=list(VOCAB))),
         get_y=label_set,
         splitter=splitter,
-        item_tfms=[RandomResizedCrop(opts.size, min_scale=0.6), Degrade(opts.degrade), Greyscale(opts.grey)],
+        item_tfms=[RandomResizedCrop(opts.size, min_scale=0.6), Degrade(opts.degrade),
+                   *([Greyscale(opts.grey)] if opts.grey else [])],  # absent at 0: the random draws stay as they were
         batch_tfms=aug_transforms(max_lighting=0.4, max_zoom=1.2),
     )
     return block.dataloaders(items, bs=opts.batch_size, num_workers=_workers(opts))

@@ -23,7 +23,7 @@ def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_ima
 
     exported = load_model(tiny_model)[0].model.eval()
     kept = copy.deepcopy(exported.state_dict())
-    x = torch.randn(5, 3, 32, 32)
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = (exported(x) + exported(x.flip(-1))) / 2
         assert inference_model(exported)(x) == pytest.approx(expected, abs=1e-4)
@@ -31,20 +31,20 @@ def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_ima
 
 
 class BranchingNet(torch.nn.Module):
-    """A network torch.fx cannot trace: it branches on a tensor's value."""
+    """A network torch.fx cannot trace: it branches on a tensor's value (always true, so batches do not matter)."""
 
     def forward(self, x):
         pooled = x.mean(dim=(2, 3))[:, :2]
-        return pooled * 2 if pooled.sum() > 0 else pooled
+        return pooled * 2 if x.abs().sum() >= 0 else pooled
 
 
 def test_a_network_that_cannot_be_fused_is_run_as_exported_and_still_mirror_averaged():
     from sorter.inference import inference_model
 
-    x = torch.randn(3, 3, 8, 8)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         net = BranchingNet()
-        assert inference_model(net)(x) == pytest.approx((net(x) + net(x.flip(-1))) / 2)
+        assert inference_model(net)(x) == pytest.approx((net(x) + net(x.flip(-1))) / 2, abs=1e-5)
 
 
 def test_the_batch_size_option_defaults_to_the_library_batch_size():
