@@ -212,7 +212,7 @@ def pooled(result_files):
     systems = {}
     for name in runs[0]["systems"]:
         scores = {}
-        for group in runs[0]["systems"][name]["scores"]:
+        for group in sorted({group for run in runs for group in run["systems"][name]["scores"]}):
             cells = [run["systems"][name]["scores"].get(group, {"accuracy": 0, "n": 0}) for run in runs]
             n = sum(c["n"] for c in cells)
             scores[group] = {"accuracy": sum(c["accuracy"] * c["n"] for c in cells) / n, "n": n}

@@ -23,7 +23,6 @@ WEIGHT_FILES = {
 }
 
 
-
 def mobilenet_split(model):
     """Parameter groups for discriminative learning rates: early features, late features, head."""
     return [list(model[0][0][:7].parameters()), list(model[0][0][7:].parameters()), list(model[1].parameters())]

@@ -163,7 +163,6 @@ def test_the_real_detector_finds_the_sample_astronaut_as_mtcnn_does_in_its_shipp
     photo = load_image(Path(__file__).parent.parent / "data" / "sample" / "people" / "astronaut.jpg")
     fast = FaceFinder().find([photo])[0]
     shipped = FaceFinder()
-    for net in (shipped.mtcnn.pnet, shipped.mtcnn.rnet, shipped.mtcnn.onet):
-        net.to(memory_format=torch.contiguous_format)
+    shipped.use_memory_format(torch.contiguous_format)
     assert len(fast.boxes) == 1
     assert fast.boxes == shipped.find([photo])[0].boxes

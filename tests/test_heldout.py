@@ -23,11 +23,14 @@ def test_score_counts_exact_label_sets_per_kind_and_per_portrait_truth():
 def test_pooled_runs_sum_photos_and_weight_accuracy_by_photos(tmp_path):
     files = []
     for i, (accuracy, n, speed) in enumerate(((0.9, 300, 30.0), (0.8, 100, 20.0))):
-        run = {"model": "bundled", "photos": n, "systems": {"facesort": {
-            "scores": {"kind portrait": {"accuracy": accuracy, "n": n}}, "photos_per_second": speed}}}
+        scores = {"kind portrait": {"accuracy": accuracy, "n": n}}
+        if i:  # a group only a later run has (a subgroup one seed's photos happen to include)
+            scores["portrait race Black"] = {"accuracy": 0.5, "n": 2}
+        run = {"model": "bundled", "photos": n, "systems": {"facesort": {"scores": scores, "photos_per_second": speed}}}
         files.append(tmp_path / f"{i}.json")
         files[-1].write_text(json.dumps(run))
     result = heldout.pooled(files)
     assert result["photos"] == 400
     assert result["systems"]["facesort"]["scores"]["kind portrait"] == {"accuracy": pytest.approx(0.875), "n": 400}
     assert result["systems"]["facesort"]["photos_per_second"] == pytest.approx(25.0)
+    assert result["systems"]["facesort"]["scores"]["portrait race Black"] == {"accuracy": 0.5, "n": 2}
