@@ -187,9 +187,9 @@ def write_predictions(path, truth, predictions):
                                for key in ("labels", "faces", "probs")]])
 
 
-def markdown(results, command):
+def markdown(results, command, title="Held-out test"):
     systems = list(results["systems"])
-    lines = [f"Held-out test ({command}); exact-match accuracy of the label set, n photos per row.", "",
+    lines = [f"{title} ({command}); exact-match accuracy of the label set, n photos per row.", "",
              "| group | n | " + " | ".join(systems) + " |", "|---|---:|" + "---:|" * len(systems)]
     for name in results["systems"][systems[0]]["scores"]:
         n = results["systems"][systems[0]]["scores"][name]["n"]
@@ -243,7 +243,7 @@ def main():
     measure(args.out, truth, args.model, args.peer, " ".join(["scripts/heldout.py", *sys.argv[1:]]))
 
 
-def measure(out_dir, truth, model, peer, command):
+def measure(out_dir, truth, model, peer, command, title="Held-out test"):
     """Run both facesort modes (and the peer) on OUT's photos; write predictions.csv, results.json, results.md."""
     systems, predictions = {}, {}
     for name, whole in (("facesort face-aware", False), ("facesort whole-image", True)):
@@ -255,7 +255,7 @@ def measure(out_dir, truth, model, peer, command):
     write_predictions(out_dir / "predictions.csv", truth, predictions)
     results = {"model": model or "bundled", "photos": len(truth), "systems": systems}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results, command)
+    table = markdown(results, command, title)
     (out_dir / "results.md").write_text(table)
     print(table)
 

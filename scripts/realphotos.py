@@ -109,7 +109,8 @@ def main():
     else:
         with tempfile.TemporaryDirectory() as cache:
             truth = build(args.out, Path(cache))
-    heldout.measure(args.out, truth, args.model, args.peer, " ".join(["scripts/realphotos.py", *sys.argv[1:]]))
+    heldout.measure(args.out, truth, args.model, args.peer, " ".join(["scripts/realphotos.py", *sys.argv[1:]]),
+                    "Real photos")
 
 
 if __name__ == "__main__":
