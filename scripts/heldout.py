@@ -259,5 +259,6 @@ def measure(out_dir, truth, model, peer, command, title="Held-out test"):
     (out_dir / "results.md").write_text(table)
     print(table)
 
+
 if __name__ == "__main__":
     main()
