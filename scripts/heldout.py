@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sorter.discover import image_files  # noqa: E402
 from sorter.images import load_image  # noqa: E402
 from sorter.labels import folder_label, labels_text  # noqa: E402
-from sorter.training import split_of  # noqa: E402
+from sorter.splits import split_of  # noqa: E402
 
 RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Other"}
 AGES = ((13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))

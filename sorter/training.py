@@ -1,5 +1,4 @@
 """Fine-tuning a pretrained CNN on labelled folders, the fastai tutorial's multi-label recipe."""
-import hashlib
 import io
 import json
 import os
@@ -8,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from multiprocessing import get_context
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 
@@ -27,6 +26,7 @@ from .inference import inference_model
 from .labels import VOCAB, folder_label, label_set, labelled_images
 from .metrics import best_threshold, label_metrics
 from .model import load_model, python_version
+from .splits import split_of
 
 
 @dataclass
@@ -49,19 +49,6 @@ class TrainOptions:
     grey: float = 0.0  # share of training images turned black-and-white, like old or artistic photos
     init_from: str | None = None  # an exported facesort model whose weights training starts from
     progress_bars: bool = True  # fastai's bars; off under cron, where a CSV history is written instead
-
-
-TEST_PCT = VALID_PCT = 10  # per cent of every folder held out for testing, and for validation, by split_of
-
-
-def split_of(rel_path):
-    """'test', 'valid' or 'train' from a stable hash of an image's path under its data folder, less its suffix.
-
-    The same images are held out on every machine and run, so `crop_faces_first` never trains on what
-    scripts/heldout.py tests with.
-    """
-    bucket = int(hashlib.sha256(str(PurePosixPath(rel_path).with_suffix("")).encode()).hexdigest()[:8], 16) % 100
-    return "test" if bucket < TEST_PCT else "valid" if bucket < TEST_PCT + VALID_PCT else "train"
 
 
 class Degrade(RandTransform):

@@ -90,24 +90,6 @@ def test_a_photo_gets_the_union_of_its_faces_labels_and_the_highest_probabilitie
     assert couple.probs["male"] == pytest.approx(float(alone[:, 1].max()), abs=1e-5)
 
 
-def test_split_of_is_stable_ignores_the_suffix_and_holds_out_about_a_tenth_each():
-    names = [f"faces/male/{i}.jpg" for i in range(2000)]
-    splits = [training.split_of(name) for name in names]
-    assert splits == [training.split_of(name) for name in names]
-    assert training.split_of("faces/male/7.jpg") == training.split_of("faces/male/7.webp")
-    for split in ("test", "valid"):
-        assert 0.07 < splits.count(split) / len(splits) < 0.13
-
-
-class OneFaceFinder:
-    """Stub finder: on face photos one centred face, on green (neither) photos a 'face' only in the first."""
-
-    def find(self, images):
-        image = images[0]
-        box = [image.width // 4, image.height // 4, 3 * image.width // 4, 3 * image.height // 4]
-        return [Faces([box], [square_crop(image, box)], [0.99])]
-
-
 def test_crop_faces_first_writes_train_and_valid_crops_and_keeps_the_test_split_out(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "_finder", lambda min_face: OneFaceFinder())
     data = make_dataset(tmp_path / "data", per_label=30)
