@@ -1,7 +1,8 @@
-"""Shared fixtures: coloured-shape photos, a tiny model trained on them once per session, a CLI runner.
+"""Shared fixtures: coloured-shape photos, a model that reads their colours, a CLI runner.
 
-The colours carry the label (blue male, red female, green neither) so a tiny model from scratch learns them in
-seconds; the tests check plumbing and behaviour, not face recognition.
+The colours carry the label (blue male, red female, green neither), and `colour_model` answers from the mean colour
+by construction (tests/colour_model.py), so the tests check plumbing and behaviour, the same on every CPU, not face
+recognition or how well a network trains here.
 """
 import contextlib
 import ctypes
@@ -61,16 +62,11 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(dataset, tmp_path_factory):
-    """A model trained from scratch through the real `facesort train` command, once for the whole session."""
-    from sorter.cli import main
+def colour_model(dataset, tmp_path_factory):
+    """An exported facesort model whose labels are the photos' colours, on every CPU (see tests/colour_model.py)."""
+    from colour_model import export_colour_model
 
-    model = tmp_path_factory.mktemp("models") / "tiny.pkl"
-    result = CliRunner().invoke(main, [
-        "train", str(dataset), "--model", str(model), "--no-pretrained", "--arch", "resnet18", "--size", "32",
-        "--epochs", "3", "--freeze-epochs", "0", "--lr", "3e-2", "--batch-size", "8", "--seed", "1"])
-    assert result.exit_code == 0, result.output
-    return model
+    return export_colour_model(sorted(dataset.rglob("*.jpg")), tmp_path_factory.mktemp("models") / "colour.pkl")
 
 
 @pytest.fixture

@@ -50,10 +50,10 @@ def test_photos_are_distinct_files_with_exif_orientation_and_some_pngs(bench, tm
     assert load_image(rotated).size == (48, 64)
 
 
-def test_bench_runs_facesort_and_ends_with_the_three_ratios(tiny_model, tmp_path):
+def test_bench_runs_facesort_and_ends_with_the_three_ratios(colour_model, tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--n", "3", "--memory-scale", "2", "--repeat", "1", "--predict-count", "2",
-         "--seconds", "0.1", "--size", "64x48", "--modes", "whole", "--model", str(tiny_model), "--tmp", str(tmp_path)],
+         "--seconds", "0.1", "--size", "64x48", "--modes", "whole", "--model", str(colour_model), "--tmp", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()

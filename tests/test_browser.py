@@ -40,12 +40,12 @@ CARDS = """() => Array.from(document.querySelectorAll(".card"), (card) => ({
 
 
 @pytest.fixture
-def server(tiny_model, tmp_path):
+def server(colour_model, tmp_path):
     """`facesort serve` in its own process, on a free port the server picks; yields the page's URL."""
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sorter", "serve", "--model", str(tiny_model), "--whole-image", "--port", "0"],
+            [sys.executable, "-m", "sorter", "serve", "--model", str(colour_model), "--whole-image", "--port", "0"],
             stdout=log, stderr=subprocess.STDOUT)
     try:
         yield _wait_for_url(process, log_path)

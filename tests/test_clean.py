@@ -41,8 +41,8 @@ def images(data):
     return {p.relative_to(data).as_posix(): p.read_bytes() for p in image_files(data)}
 
 
-def test_round_trip_review_edit_apply_undo(cli, tiny_model, tmp_path):
-    data, review_csv = reviewed(tmp_path, cli, tiny_model)
+def test_round_trip_review_edit_apply_undo(cli, colour_model, tmp_path):
+    data, review_csv = reviewed(tmp_path, cli, colour_model)
     before = images(data)
     edit(review_csv, {"web/male/male_0.jpg": "delete", "web/female/female_1.jpg": " Male ",
                       "web/neither/neither_0.jpg": "neither", "web/neither/neither_1.jpg": "keep"}, delimiter=";")
@@ -76,8 +76,8 @@ def test_round_trip_review_edit_apply_undo(cli, tiny_model, tmp_path):
     assert again.exit_code == 1 and "already undone" in again.output
 
 
-def test_each_bad_row_is_refused_and_nothing_changes(cli, tiny_model, tmp_path):
-    data, review_csv = reviewed(tmp_path, cli, tiny_model)
+def test_each_bad_row_is_refused_and_nothing_changes(cli, colour_model, tmp_path):
+    data, review_csv = reviewed(tmp_path, cli, colour_model)
     outside = make_photo(tmp_path / "elsewhere.jpg", "male")
     os.symlink(outside, data / "web" / "male" / "link.jpg")
     (data / "web" / "female" / "female_0.jpg").write_bytes(b"changed after the review")
@@ -104,16 +104,16 @@ def test_each_bad_row_is_refused_and_nothing_changes(cli, tiny_model, tmp_path):
     assert tree_digest(data) == before and not (data / ".facesort-trash").exists()
 
 
-def test_two_rows_for_one_file_are_refused(cli, tiny_model, tmp_path):
-    data, review_csv = reviewed(tmp_path, cli, tiny_model)
+def test_two_rows_for_one_file_are_refused(cli, colour_model, tmp_path):
+    data, review_csv = reviewed(tmp_path, cli, colour_model)
     edit(review_csv, {"web/male/male_0.jpg": "female"}, extra_rows=[{"path": "web/male/male_0.jpg", "action": "delete",
                                                                       "sha256": sha256_of(data / "web/male/male_0.jpg")}])
     result = cli("clean", review_csv)
     assert result.exit_code == 1 and "another row already moves this file" in result.output
 
 
-def test_nothing_to_do_changes_nothing(cli, tiny_model, tmp_path):
-    data, review_csv = reviewed(tmp_path, cli, tiny_model)
+def test_nothing_to_do_changes_nothing(cli, colour_model, tmp_path):
+    data, review_csv = reviewed(tmp_path, cli, colour_model)
     edit(review_csv, {"web/male/male_0.jpg": "male"})  # already male
     before = tree_digest(data)
     result = cli("clean", review_csv, "--apply")
@@ -121,10 +121,10 @@ def test_nothing_to_do_changes_nothing(cli, tiny_model, tmp_path):
     assert "nothing to move" in result.output and tree_digest(data) == before
 
 
-def test_a_failure_part_way_puts_everything_back(cli, tiny_model, tmp_path, monkeypatch):
+def test_a_failure_part_way_puts_everything_back(cli, colour_model, tmp_path, monkeypatch):
     from sorter import cleaning
 
-    data, review_csv = reviewed(tmp_path, cli, tiny_model)
+    data, review_csv = reviewed(tmp_path, cli, colour_model)
     edit(review_csv, {"web/male/male_0.jpg": "female", "web/male/male_1.jpg": "delete"})
     plan = cleaning.plan_clean(review_csv)
     before = tree_digest(data / "web")

@@ -43,8 +43,8 @@ def evaluate_json(cli, root, model, *args):
     return json.loads(result.stdout)
 
 
-def test_metrics_match_hand_computed_values(cli, tiny_model, known):
-    r = evaluate_json(cli, known, tiny_model, "--whole-image", "--group-depth", "1")
+def test_metrics_match_hand_computed_values(cli, colour_model, known):
+    r = evaluate_json(cli, known, colour_model, "--whole-image", "--group-depth", "1")
     assert (r["images"], r["unreadable"], r["no_face"], r["mode"]) == (6, 1, 0, "whole-image")
     assert r["exact_match"] == pytest.approx(3 / 6)  # a, d, e
     assert r["accuracy_multi"] == pytest.approx(9 / 12)  # b, c and f each get one of their two labels wrong
@@ -61,8 +61,8 @@ def test_metrics_match_hand_computed_values(cli, tiny_model, known):
     assert set(r["groups"]) == {"src1", "src2"}
 
 
-def test_threshold_sweep_marks_the_threshold_in_use(cli, tiny_model, known):
-    sweep = {row["threshold"]: row for row in evaluate_json(cli, known, tiny_model, "--whole-image")["sweep"]}
+def test_threshold_sweep_marks_the_threshold_in_use(cli, colour_model, known):
+    sweep = {row["threshold"]: row for row in evaluate_json(cli, known, colour_model, "--whole-image")["sweep"]}
     assert list(sweep) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     assert [t for t, row in sweep.items() if row["in_use"]] == [0.5]
     assert sweep[0.3]["exact_match"] == pytest.approx(4 / 6)  # b becomes male (0.4); c still both, f still male
@@ -90,27 +90,27 @@ def test_no_face_counts_as_neither_at_every_threshold():
     assert all(row["exact_match"] == 0.5 for row in result["sweep"])
 
 
-def test_face_aware_is_the_default_and_finds_no_faces_in_flat_colours(cli, tiny_model, known):
-    r = evaluate_json(cli, known, tiny_model)
+def test_face_aware_is_the_default_and_finds_no_faces_in_flat_colours(cli, colour_model, known):
+    r = evaluate_json(cli, known, colour_model)
     assert r["mode"] == "face-aware"
     assert r["no_face"] == 6 and r["faces_missed"] == 4 and r["predicted"]["neither"] == 6
     assert r["groups"]["src1/male"]["no_face"] == 1
-    text = cli("evaluate", known, "--model", tiny_model).stdout
+    text = cli("evaluate", known, "--model", colour_model).stdout
     assert "no face found in 4 of 4 male/female images" in text
     assert r["exact_match"] == pytest.approx(2 / 6)  # only e and f are labelled neither
 
 
-def test_text_report_and_plot(cli, tiny_model, known, tmp_path):
+def test_text_report_and_plot(cli, colour_model, known, tmp_path):
     plot = tmp_path / "plots" / "eval.png"
-    result = cli("evaluate", known, "--model", tiny_model, "--threshold", "0.5", "--whole-image", "--plot", plot)
+    result = cli("evaluate", known, "--model", colour_model, "--threshold", "0.5", "--whole-image", "--plot", plot)
     assert result.exit_code == 0, result.output
     assert "exact_match 0.5000  accuracy_multi 0.7500" in result.stdout
     assert "   0.5*" in result.stdout and "src1/male" in result.stdout
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and plot.stat().st_size > 10_000
 
 
-def test_folder_without_labelled_images_is_exit_1(cli, tiny_model, tmp_path):
+def test_folder_without_labelled_images_is_exit_1(cli, colour_model, tmp_path):
     make_photo(tmp_path / "misc" / "x.jpg", "male")
-    result = cli("evaluate", tmp_path, "--model", tiny_model)
+    result = cli("evaluate", tmp_path, "--model", colour_model)
     assert result.exit_code == 1
     assert "no labelled images" in result.output and "Traceback" not in result.output

@@ -78,8 +78,8 @@ def test_small_photos_are_detected_as_they_are_and_no_face_gives_nothing():
     assert (found.boxes, found.crops, found.probs) == ([], [], [])
 
 
-def test_a_photo_gets_the_union_of_its_faces_labels_and_the_highest_probabilities(tiny_model):
-    classifier = Classifier(tiny_model)
+def test_a_photo_gets_the_union_of_its_faces_labels_and_the_highest_probabilities(colour_model):
+    classifier = Classifier(colour_model)
     finder = ColourFinder([[solid("female"), solid("male")], [solid("male")], []])
     couple, man, nobody = classifier.predict_faces([solid("neither")] * 3, finder)
     assert couple.labels == ["female", "male"] and couple.faces == 2

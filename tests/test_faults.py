@@ -56,14 +56,14 @@ def cumulative(out):
         return {row["path"]: row for row in csv.DictReader(f)}
 
 
-def test_disk_full_stops_the_run_and_keeps_what_was_sorted(cli, tiny_model, small_disk, tmp_path):
+def test_disk_full_stops_the_run_and_keeps_what_was_sorted(cli, colour_model, small_disk, tmp_path):
     photos, out = tmp_path / "photos", small_disk / "out"
     big_photos(photos, 3)
-    assert cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image").exit_code == 0
+    assert cli("run", photos, "--out", out, "--model", colour_model, "--whole-image").exit_code == 0
     first = cumulative(out)
     big_photos(photos, 30, start=3)  # 30 x 64 kB more than the 1 MiB disk holds
 
-    result = cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image")
+    result = cli("run", photos, "--out", out, "--model", colour_model, "--whole-image")
     assert_stopped_by_full_disk(result)
     assert leftovers(out) == []
     for rel, copy in copies(out).items():  # every copy is whole: none half-written
@@ -72,7 +72,7 @@ def test_disk_full_stops_the_run_and_keeps_what_was_sorted(cli, tiny_model, smal
     assert listed_copies(first) <= set(copies(out))  # (the stopped chunk's whole copies wait for the next run)
 
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
-    assert cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image").exit_code == 0
+    assert cli("run", photos, "--out", out, "--model", colour_model, "--whole-image").exit_code == 0
     assert len(cumulative(out)) == 33  # nothing lost
     assert set(copies(out)) == listed_copies(cumulative(out))  # nothing twice, nothing unrecorded
 
@@ -81,7 +81,7 @@ def listed_copies(rows):
     return {Path(folder) / path for path, row in rows.items() for folder in row["destinations"].split(";")}
 
 
-def test_disk_full_injected(cli, tiny_model, photos, tmp_path, monkeypatch):
+def test_disk_full_injected(cli, colour_model, photos, tmp_path, monkeypatch):
     """The same stop where no file system can be mounted: the third copy fails with ENOSPC half-way through."""
     real_copy, calls = sorter.placement._copy, []
 
@@ -94,7 +94,7 @@ def test_disk_full_injected(cli, tiny_model, photos, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sorter.placement, "_copy", copy_until_full)
     out = tmp_path / "out"
-    result = cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image")
+    result = cli("run", photos, "--out", out, "--model", colour_model, "--whole-image")
     assert_stopped_by_full_disk(result)
     assert leftovers(out) == [] and not Path(calls[2]).exists()
     assert len(copies(out)) == 2
@@ -107,23 +107,23 @@ def assert_stopped_by_full_disk(result):
     assert "Traceback" not in result.output
 
 
-def test_read_only_output_file_system_is_refused_before_any_work(cli, tiny_model, photos, tmp_path, monkeypatch):
+def test_read_only_output_file_system_is_refused_before_any_work(cli, colour_model, photos, tmp_path, monkeypatch):
     disk = tmp_path / "ro"
     mount_tmpfs(disk, "1m", "ro")
     try:
-        assert_refused_before_work(cli, tiny_model, photos, disk / "out", monkeypatch, "Read-only file system")
-        assert_refused_before_work(cli, tiny_model, photos, disk, monkeypatch, "Read-only file system")
+        assert_refused_before_work(cli, colour_model, photos, disk / "out", monkeypatch, "Read-only file system")
+        assert_refused_before_work(cli, colour_model, photos, disk, monkeypatch, "Read-only file system")
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_output_without_write_permission_is_refused_before_any_work(cli, tiny_model, photos, tmp_path,
+def test_output_without_write_permission_is_refused_before_any_work(cli, colour_model, photos, tmp_path,
                                                                    monkeypatch):
     out = tmp_path / "out"
     out.mkdir(mode=0o555)
     with permission_bits_enforced():
-        assert_refused_before_work(cli, tiny_model, photos, out, monkeypatch, "Permission denied")
-        assert_refused_before_work(cli, tiny_model, photos, out / "sub", monkeypatch, "Permission denied")
+        assert_refused_before_work(cli, colour_model, photos, out, monkeypatch, "Permission denied")
+        assert_refused_before_work(cli, colour_model, photos, out / "sub", monkeypatch, "Permission denied")
     assert list(out.iterdir()) == []
 
 

@@ -257,7 +257,7 @@ def temporary_files(out):
     return [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX) or ".tmp" in p.name]
 
 
-def test_one_run_over_the_hostile_corpus(cli, tiny_model, tmp_path, monkeypatch):
+def test_one_run_over_the_hostile_corpus(cli, colour_model, tmp_path, monkeypatch):
     corpus = Corpus(tmp_path).build()
     before = tree_digest(corpus.root)
     corpus.arm()
@@ -267,7 +267,7 @@ def test_one_run_over_the_hostile_corpus(cli, tiny_model, tmp_path, monkeypatch)
         path.chmod(0)
     try:
         with permission_bits_enforced():
-            result = cli("run", corpus.root, "--out", out, "--model", tiny_model, "--whole-image",
+            result = cli("run", corpus.root, "--out", out, "--model", colour_model, "--whole-image",
                          "--report", out / "run.csv")
     finally:
         for path in corpus.unreadable:
@@ -302,7 +302,7 @@ def listing_then(tamper):
     return walk
 
 
-def test_links_are_followed_when_asked_each_real_file_once(cli, tiny_model, tmp_path):
+def test_links_are_followed_when_asked_each_real_file_once(cli, colour_model, tmp_path):
     root, out = tmp_path / "in", tmp_path / "out"
     make_photo(root / "real" / "a.jpg", "male")
     outside = make_photo(tmp_path / "elsewhere" / "b.jpg", "female")
@@ -311,7 +311,7 @@ def test_links_are_followed_when_asked_each_real_file_once(cli, tiny_model, tmp_
         (root / name).symlink_to(target)
     out.mkdir()  # "to out" is then a link to a folder before the run as after it, for tree_digest
     before = tree_digest(root)
-    result = cli("run", root, "--out", out, "--model", tiny_model, "--whole-image", "--follow-links",
+    result = cli("run", root, "--out", out, "--model", colour_model, "--whole-image", "--follow-links",
                  "--report", tmp_path / "run.csv")
     assert result.exit_code == 3, result.output
     rows = {path: (row["status"], row["labels"] or row["error"]) for path, row in read_report(tmp_path / "run.csv").items()}

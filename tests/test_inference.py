@@ -8,20 +8,20 @@ from PIL import ImageOps
 from conftest import make_photo
 
 
-def test_a_photo_and_its_mirror_image_get_the_same_probabilities(tiny_model, tmp_path):
+def test_a_photo_and_its_mirror_image_get_the_same_probabilities(colour_model, tmp_path):
     from sorter.images import load_image
     from sorter.inference import Classifier
 
     photo = load_image(make_photo(tmp_path / "p.jpg", "male", size=(64, 48)))
-    probs = Classifier(tiny_model).probabilities([photo, ImageOps.mirror(photo)])
+    probs = Classifier(colour_model).probabilities([photo, ImageOps.mirror(photo)])
     assert probs[0] == pytest.approx(probs[1], abs=1e-5)
 
 
-def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_image(tiny_model):
+def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_image(colour_model):
     from sorter.inference import inference_model
     from sorter.model import load_model
 
-    exported = load_model(tiny_model)[0].model.eval()
+    exported = load_model(colour_model)[0].model.eval()
     kept = copy.deepcopy(exported.state_dict())
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

@@ -99,11 +99,11 @@ def _state(out):
 
 
 @pytest.fixture
-def sort(cli, tiny_model):
-    """`facesort run INPUT --out OUT --whole-image` with the tiny model, in-process."""
+def sort(cli, colour_model):
+    """`facesort run INPUT --out OUT --whole-image` with the colour model, in-process."""
 
     def invoke(input_dir, out, *args):
-        return cli("run", input_dir, "--out", out, "--model", tiny_model, "--whole-image", *args)
+        return cli("run", input_dir, "--out", out, "--model", colour_model, "--whole-image", *args)
 
     return invoke
 
@@ -321,14 +321,14 @@ def _wait_stopped(process, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def spawn(tiny_model, tmp_path_factory):
+def spawn(colour_model, tmp_path_factory):
     """Start `facesort run INPUT --out OUT` as a separate process: spawn(input, out, *args, freeze_at=None)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["sorter.cli", "sorter.sorting", "sorter.inference"])
     logs = tmp_path_factory.mktemp("logs")
 
     def start(input_dir, out, *args, freeze_at=None):
-        argv = ["run", str(input_dir), "--out", str(out), "--model", str(tiny_model), "--whole-image",
+        argv = ["run", str(input_dir), "--out", str(out), "--model", str(colour_model), "--whole-image",
                 "--chunk-size", str(CHUNK), *map(str, args)]
         log = logs / f"{len(os.listdir(logs))}.log"
         process = context.Process(target=_facesort_process, args=(argv, log, freeze_at))
@@ -340,7 +340,7 @@ def spawn(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected(tiny_model, tmp_path_factory):
+def expected(colour_model, tmp_path_factory):
     """The input the crash tests use, and the copies an uninterrupted run makes of it."""
     from click.testing import CliRunner
 
@@ -348,7 +348,7 @@ def expected(tiny_model, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("crash")
     input_dir, out = make_input(root / "in"), root / "out"
-    result = CliRunner().invoke(main, ["run", str(input_dir), "--out", str(out), "--model", str(tiny_model),
+    result = CliRunner().invoke(main, ["run", str(input_dir), "--out", str(out), "--model", str(colour_model),
                                        "--whole-image", "--chunk-size", str(CHUNK)])
     assert result.exit_code == 0, result.output
     return input_dir, copies(out)
@@ -470,13 +470,13 @@ def test_sigkill_while_copies_move_between_folders(spawn, sort, expected, tmp_pa
 
 # --- the cron wrapper ----------------------------------------------------------------------------------------------
 
-def test_nightly_wrapper_logs_plain_lines_and_passes_the_exit_status(tiny_model, photos, tmp_path):
+def test_nightly_wrapper_logs_plain_lines_and_passes_the_exit_status(colour_model, photos, tmp_path):
     out, logs = tmp_path / "out", tmp_path / "logs"
     facesort = tmp_path / "facesort"  # this checkout's facesort, with the Python running the tests
     facesort.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m sorter "$@"\n')
     facesort.chmod(0o755)
     env = dict(os.environ, FACESORT=str(facesort), FACESORT_LOG_DIR=str(logs), FACESORT_KEEP_LOGS="2")
-    nightly = [str(ROOT / "scripts" / "facesort-nightly"), str(photos), str(out), "--model", str(tiny_model),
+    nightly = [str(ROOT / "scripts" / "facesort-nightly"), str(photos), str(out), "--model", str(colour_model),
                "--whole-image"]
     ok = subprocess.run(nightly, env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and ok.stdout == ok.stderr == "", "a good night is silent for cron"

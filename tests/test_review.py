@@ -26,9 +26,9 @@ def labelled_folder(root):
     return root
 
 
-def test_mislabelled_image_ranks_first(cli, tiny_model, tmp_path):
+def test_mislabelled_image_ranks_first(cli, colour_model, tmp_path):
     data, out = labelled_folder(tmp_path / "data"), tmp_path / "review"
-    result = cli("review", data, "--model", tiny_model, "--out", out, "--top", "0")
+    result = cli("review", data, "--model", colour_model, "--out", out, "--top", "0")
     assert result.exit_code == 0, result.output
     rows = read_review(out / "review.csv")
     assert len(rows) == 11
@@ -42,9 +42,9 @@ def test_mislabelled_image_ranks_first(cli, tiny_model, tmp_path):
     assert "'=1+1 <b>&amp/neither/odd.jpg" in {row["path"] for row in rows}  # not a formula to a spreadsheet
 
 
-def test_contact_sheet_is_offline_escaped_and_in_csv_order(cli, tiny_model, tmp_path):
+def test_contact_sheet_is_offline_escaped_and_in_csv_order(cli, colour_model, tmp_path):
     data, out = labelled_folder(tmp_path / "data"), tmp_path / "review"
-    assert cli("review", data, "--model", tiny_model, "--out", out, "--top", "0").exit_code == 0
+    assert cli("review", data, "--model", colour_model, "--out", out, "--top", "0").exit_code == 0
     page = (out / "review.html").read_text()
     rows = read_review(out / "review.csv")
     assert page.count('<img src="data:image/jpeg;base64,') == len(rows)
@@ -55,10 +55,10 @@ def test_contact_sheet_is_offline_escaped_and_in_csv_order(cli, tiny_model, tmp_
     assert page.index("female/oops.jpg") < page.index("male/male_0.jpg")
 
 
-def test_top_limits_both_files_and_unreadable_images_come_first(cli, tiny_model, tmp_path):
+def test_top_limits_both_files_and_unreadable_images_come_first(cli, colour_model, tmp_path):
     data, out = labelled_folder(tmp_path / "data"), tmp_path / "review"
     (data / "male" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    assert cli("review", data, "--model", tiny_model, "--out", out, "--top", "3").exit_code == 0
+    assert cli("review", data, "--model", colour_model, "--out", out, "--top", "3").exit_code == 0
     rows = read_review(out / "review.csv")
     assert [row["path"] for row in rows[:2]] == ["male/broken.jpg", "female/oops.jpg"]
     assert rows[0]["predicted"].startswith("unreadable: ") and rows[0]["loss"] == ""
@@ -73,7 +73,7 @@ def test_loss_is_binary_cross_entropy_against_the_folder_label():
     assert losses(probs, targets) == pytest.approx(expected)
 
 
-def test_review_of_a_folder_without_labels_is_exit_1(cli, tiny_model, tmp_path):
+def test_review_of_a_folder_without_labels_is_exit_1(cli, colour_model, tmp_path):
     make_photo(tmp_path / "misc" / "x.jpg", "male")
-    result = cli("review", tmp_path, "--model", tiny_model, "--out", tmp_path / "r")
+    result = cli("review", tmp_path, "--model", colour_model, "--out", tmp_path / "r")
     assert result.exit_code == 1 and "no labelled images" in result.output

@@ -18,14 +18,14 @@ def run_report(out):
     return read_csv(out / "facesort-report.csv")
 
 
-def test_run_sorts_by_colour_and_keeps_relative_paths(cli, tiny_model, photos, tmp_path):
+def test_run_sorts_by_colour_and_keeps_relative_paths(cli, colour_model, photos, tmp_path):
     out = tmp_path / "out"
-    result = cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image")
+    result = cli("run", photos, "--out", out, "--model", colour_model, "--whole-image")
     assert result.exit_code == 0, result.output
     rows = run_report(out)
     assert len(rows) == 7
     right = sum(row["labels"] == row["path"].split("/")[-1].split("_")[0] for row in rows.values())
-    assert right >= 6, rows
+    assert right == 7, rows  # the colour model is right by construction
     for rel, row in rows.items():
         for folder in row["destinations"].split(";"):
             assert (out / folder / rel).read_bytes() == (photos / rel).read_bytes()
@@ -33,33 +33,33 @@ def test_run_sorts_by_colour_and_keeps_relative_paths(cli, tiny_model, photos, t
     assert all(float(row["threshold"]) > 0 and len(row["model_sha256"]) == 64 for row in rows.values())
 
 
-def test_threshold_zero_puts_every_photo_in_both_folders(cli, tiny_model, photos, tmp_path):
+def test_threshold_zero_puts_every_photo_in_both_folders(cli, colour_model, photos, tmp_path):
     out = tmp_path / "out"
-    assert cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image", "--threshold", "0").exit_code == 0
+    assert cli("run", photos, "--out", out, "--model", colour_model, "--whole-image", "--threshold", "0").exit_code == 0
     for rel, row in run_report(out).items():
         assert row["labels"] == "female;male" and row["destinations"] == "female;male"
         assert (out / "male" / rel).exists() and (out / "female" / rel).exists()
     assert not (out / "neither").exists()
 
 
-def test_model_threshold_is_used_unless_given(cli, tiny_model, photos, tmp_path):
+def test_model_threshold_is_used_unless_given(cli, colour_model, photos, tmp_path):
     from fastai.learner import load_learner
 
-    stored = load_learner(tiny_model, cpu=True).loss_func.thresh
-    cli("run", photos, "--out", tmp_path / "a", "--model", tiny_model, "--whole-image")
-    cli("run", photos, "--out", tmp_path / "b", "--model", tiny_model, "--whole-image", "--threshold", "0.99")
+    stored = load_learner(colour_model, cpu=True).loss_func.thresh
+    cli("run", photos, "--out", tmp_path / "a", "--model", colour_model, "--whole-image")
+    cli("run", photos, "--out", tmp_path / "b", "--model", colour_model, "--whole-image", "--threshold", "0.99")
     assert {float(r["threshold"]) for r in run_report(tmp_path / "a").values()} == {stored}
     assert {float(r["threshold"]) for r in run_report(tmp_path / "b").values()} == {0.99}
 
 
-def test_bad_files_are_reported_and_the_run_goes_on(cli, tiny_model, photos, tmp_path):
+def test_bad_files_are_reported_and_the_run_goes_on(cli, colour_model, photos, tmp_path):
     good = make_photo(photos / "whole.jpg", "male").read_bytes()
     (photos / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (photos / "empty.jpg").write_bytes(b"")
     (photos / "notes.jpg").write_text("this is not a photo\n")
     before = tree_digest(photos)
     out = tmp_path / "out"
-    result = cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image")
+    result = cli("run", photos, "--out", out, "--model", colour_model, "--whole-image")
     assert result.exit_code == 3, result.output
     rows = run_report(out)
     assert rows["empty.jpg"]["status"] == "error" and "empty file" in rows["empty.jpg"]["error"]
@@ -70,26 +70,26 @@ def test_bad_files_are_reported_and_the_run_goes_on(cli, tiny_model, photos, tmp
     assert tree_digest(photos) == before
 
 
-def test_dry_run_copies_nothing_but_reports(cli, tiny_model, photos, tmp_path):
+def test_dry_run_copies_nothing_but_reports(cli, colour_model, photos, tmp_path):
     out = tmp_path / "out"
     report = tmp_path / "dry.csv"
-    result = cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image", "--dry-run", "--report", report)
+    result = cli("run", photos, "--out", out, "--model", colour_model, "--whole-image", "--dry-run", "--report", report)
     assert result.exit_code == 0, result.output
     assert {row["status"] for row in read_csv(report).values()} == {"dry-run"}
     assert not any(p.is_file() and p.suffix == ".jpg" for p in out.rglob("*"))
 
 
-def test_out_inside_input_is_not_scanned(cli, tiny_model, photos):
+def test_out_inside_input_is_not_scanned(cli, colour_model, photos):
     out = photos / "sorted"
-    assert cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image").exit_code == 0
-    result = cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image", "--rescan")
+    assert cli("run", photos, "--out", out, "--model", colour_model, "--whole-image").exit_code == 0
+    result = cli("run", photos, "--out", out, "--model", colour_model, "--whole-image", "--rescan")
     assert result.exit_code == 0
     assert all(not rel.startswith("sorted/") for rel in run_report(out))
     assert len(run_report(out)) == 7
 
 
-def test_out_equal_to_input_is_refused(cli, tiny_model, photos):
-    result = cli("run", photos, "--out", photos, "--model", tiny_model)
+def test_out_equal_to_input_is_refused(cli, colour_model, photos):
+    result = cli("run", photos, "--out", photos, "--model", colour_model)
     assert result.exit_code == 1 and "must not be the input folder" in result.output
 
 
@@ -100,10 +100,10 @@ def test_missing_model_is_a_one_line_error(cli, photos, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["=cmd|' /C calc'!A0.jpg", "+1.jpg", "-2.jpg", "@SUM(1).jpg"])
-def test_csv_injection_is_neutralised(cli, tiny_model, tmp_path, name):
+def test_csv_injection_is_neutralised(cli, colour_model, tmp_path, name):
     make_photo(tmp_path / "in" / name, "male")
     out = tmp_path / "out"
-    assert cli("run", tmp_path / "in", "--out", out, "--model", tiny_model, "--whole-image").exit_code == 0
+    assert cli("run", tmp_path / "in", "--out", out, "--model", colour_model, "--whole-image").exit_code == 0
     rows = run_report(out)
     assert list(rows) == ["'" + name]
     assert (out / rows["'" + name]["destinations"].split(";")[0] / name).exists()
@@ -113,10 +113,10 @@ def test_safe_cell_leaves_numbers_and_plain_text():
     assert safe_cell(0.5) == 0.5 and safe_cell("a.jpg") == "a.jpg" and safe_cell("-x") == "'-x"
 
 
-def test_jpeg_named_png_is_sorted_and_text_named_png_is_an_error(cli, tiny_model, tmp_path):
+def test_jpeg_named_png_is_sorted_and_text_named_png_is_an_error(cli, colour_model, tmp_path):
     make_photo(tmp_path / "in" / "photo.png", "female", fmt="JPEG")
     (tmp_path / "in" / "fake.png").write_text("hello")
     out = tmp_path / "out"
-    assert cli("run", tmp_path / "in", "--out", out, "--model", tiny_model, "--whole-image").exit_code == 3
+    assert cli("run", tmp_path / "in", "--out", out, "--model", colour_model, "--whole-image").exit_code == 3
     rows = run_report(out)
     assert rows["photo.png"]["status"] == "sorted" and rows["fake.png"]["status"] == "error"

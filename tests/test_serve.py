@@ -15,10 +15,10 @@ RAW_MULTIPART = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model):
+def client(colour_model):
     from sorter.serve import create_app
 
-    with TestClient(create_app(tiny_model, whole_image=True, max_upload_mb=LIMIT_MB)) as client:
+    with TestClient(create_app(colour_model, whole_image=True, max_upload_mb=LIMIT_MB)) as client:
         yield client
 
 
@@ -36,12 +36,12 @@ def part_head(filename):
     return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n\r\n'.encode()
 
 
-def test_good_image_gets_what_predict_json_says(client, tiny_model, tmp_path):
+def test_good_image_gets_what_predict_json_says(client, colour_model, tmp_path):
     path = make_photo(tmp_path / "blue.jpg", "male", seed=3)
     response = post(client, ("holiday.jpg", path.read_bytes(), "image/jpeg"))
     assert response.status_code == 200, response.text
     [result] = response.json()["results"]
-    expected = predict_files([path], tiny_model, whole_image=True)[0]
+    expected = predict_files([path], colour_model, whole_image=True)[0]
     assert result == {**expected, "path": "holiday.jpg"}
     assert result["labels"] == ["male"] and result["size"] == [64, 48] and result["error"] == ""
 
@@ -156,10 +156,10 @@ def test_page_is_self_contained(client):
     assert "default-src 'none'" in csp and "script-src 'sha256-" in csp and "connect-src 'self'" in csp
 
 
-def test_face_aware_mode_reports_faces_and_boxes(tiny_model, tmp_path):
+def test_face_aware_mode_reports_faces_and_boxes(colour_model, tmp_path):
     from sorter.serve import create_app
 
-    with TestClient(create_app(tiny_model)) as client:
+    with TestClient(create_app(colour_model)) as client:
         response = post(client, ("shapes.jpg", photo_bytes(tmp_path, "male", 1)), ("dot.png", one_pixel_png()))
         assert '"mode": "face-aware"' in client.get("/").text
     assert response.status_code == 200, response.text

@@ -71,8 +71,8 @@ def test_a_model_owned_by_another_user_is_refused(hostile_model, tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
-def test_a_model_exported_by_another_python_is_refused(tiny_model, tmp_path):
-    learn, _, _ = load_model(tiny_model)
+def test_a_model_exported_by_another_python_is_refused(colour_model, tmp_path):
+    learn, _, _ = load_model(colour_model)
     learn.facesort = {**learn.facesort, "python": "3.1"}  # fastai pickled some of its code as that version's bytecode
     learn.export(tmp_path / "old.pkl")
     (tmp_path / "old.pkl").chmod(0o644)
@@ -80,9 +80,9 @@ def test_a_model_exported_by_another_python_is_refused(tiny_model, tmp_path):
         load_model(tmp_path / "old.pkl")
 
 
-def test_the_cli_refuses_with_one_line(cli, tiny_model, photos, tmp_path):
+def test_the_cli_refuses_with_one_line(cli, colour_model, photos, tmp_path):
     model = tmp_path / "shared.pkl"
-    shutil.copyfile(tiny_model, model)
+    shutil.copyfile(colour_model, model)
     model.chmod(0o664)
     result = cli("run", photos, "--out", tmp_path / "out", "--model", model)
     assert result.exit_code == 1
@@ -101,9 +101,9 @@ def bundle(tmp_path, monkeypatch, model, record):
     return path
 
 
-def test_the_bundled_model_must_match_its_recorded_sha256(tiny_model, tmp_path, monkeypatch):
-    path = bundle(tmp_path, monkeypatch, tiny_model, sha256_of(tiny_model))
-    assert load_model()[1:] == (path, sha256_of(tiny_model))
+def test_the_bundled_model_must_match_its_recorded_sha256(colour_model, tmp_path, monkeypatch):
+    path = bundle(tmp_path, monkeypatch, colour_model, sha256_of(colour_model))
+    assert load_model()[1:] == (path, sha256_of(colour_model))
     Path(f"{path}.sha256").write_text("0" * 64 + "  facesort-default.pkl\n")
     with pytest.raises(FacesortError, match="does not match its recorded sha256"):
         load_model()
@@ -124,12 +124,12 @@ def test_the_shipped_model_matches_its_record():
     assert sha256_of(path) == expected_sha256(path)
 
 
-def test_the_report_records_the_model_sha256(cli, tiny_model, photos, tmp_path):
+def test_the_report_records_the_model_sha256(cli, colour_model, photos, tmp_path):
     out = tmp_path / "out"
-    assert cli("run", photos, "--out", out, "--model", tiny_model, "--whole-image").exit_code == 0
+    assert cli("run", photos, "--out", out, "--model", colour_model, "--whole-image").exit_code == 0
     with open(out / "facesort-report.csv", encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 7 and {row["model_sha256"] for row in rows} == {sha256_of(tiny_model)}
+    assert len(rows) == 7 and {row["model_sha256"] for row in rows} == {sha256_of(colour_model)}
 
 
 SHELL_CALLS = {("os", name) for name in ("system", "popen", "execl", "execle", "execlp", "execlpe", "execv",
