@@ -1,6 +1,4 @@
 """The CNN architectures `facesort train` offers, and their pretrained weights, found offline."""
-import contextlib
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +9,7 @@ from fastai.vision.all import imagenet_stats
 from torchvision.models import mobilenet_v2
 
 from .errors import FacesortError
+from .hashing import sha256_of
 
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_SHA256_PREFIX = "b0353104"
@@ -79,11 +78,3 @@ def shipped_mobilenet_weights():
             return Path(file.locate())
     return None
 
-
-def sha256_of(source):
-    """Hex sha256 of a file, read in chunks: a path, or an open binary file (read from where it stands)."""
-    digest = hashlib.sha256()
-    with contextlib.nullcontext(source) if hasattr(source, "read") else open(source, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -1,8 +1,13 @@
-"""Finding faces with MTCNN (weights ship inside facenet-pytorch) and cropping them for the classifier."""
+"""Finding faces with MTCNN (weights ship inside facenet-pytorch) and cropping them for the classifier.
+
+facenet-pytorch is an extra step of installing facesort (its metadata pins old torch and Pillow releases, so it is
+installed without its dependencies); face-aware mode says how when it is missing. torch is imported on use.
+"""
 from dataclasses import dataclass, field
 
-import torch
 from PIL import Image
+
+from .errors import FacesortError
 
 DETECT_SIDE = 320  # detection runs on a copy no longer than this (README, "Face detection")
 MIN_FACE = 24  # smallest face, in pixels of that copy, worth classifying (7.5% of the photo's long side)
@@ -10,6 +15,7 @@ STAGE_THRESHOLDS = (0.8, 0.8, 0.9)  # cut-offs of MTCNN's three networks: fewer 
 MIN_CONFIDENCE = 0.92  # MTCNN's probability below which a detection is ignored
 CROP_SIDE = 300  # faces are cropped from the photo decoded with at least this short side, not from the small copy
 MARGIN = 0.25  # crop this much of the face box's size around it on each side, like the training crops
+FACENET = "facenet-pytorch==2.6.0"  # the release scripts/setup installs and the tests run
 
 
 @dataclass
@@ -25,11 +31,11 @@ class FaceFinder:
     """MTCNN on the CPU, fed downscaled copies; crops come from the full decoded image."""
 
     def __init__(self, min_face=MIN_FACE, detect_side=DETECT_SIDE):
-        from facenet_pytorch import MTCNN
+        import torch
 
         self.detect_side = detect_side
-        self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face, thresholds=list(STAGE_THRESHOLDS), device="cpu",
-                           select_largest=False)
+        self.mtcnn = _mtcnn_class()(keep_all=True, min_face_size=min_face, thresholds=list(STAGE_THRESHOLDS),
+                                    device="cpu", select_largest=False)
         self.use_memory_format(torch.channels_last)
 
     def use_memory_format(self, memory_format):
@@ -43,6 +49,8 @@ class FaceFinder:
         return [self._find_one(image) for image in images]
 
     def _find_one(self, image):
+        import torch
+
         small, scale = _downscale(image, self.detect_side)
         if min(small.size) < self.mtcnn.min_face_size:  # no face fits, and MTCNN fails on such an image
             return Faces()
@@ -53,6 +61,16 @@ class FaceFinder:
         kept = [(box * scale, float(p)) for box, p in zip(boxes, probs) if p >= MIN_CONFIDENCE]
         return Faces([[round(float(v)) for v in box] for box, _ in kept], [square_crop(image, box) for box, _ in kept],
                      [p for _, p in kept])
+
+
+def _mtcnn_class():
+    """facenet-pytorch's MTCNN, or a one-line error that says how to install it."""
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError as e:
+        how = f"pip install --no-deps {FACENET} (its own pins are wrong; its dependencies come with facesort)"
+        raise FacesortError(f"face-aware mode needs facenet-pytorch ({e}): {how}, or use --whole-image") from None
+    return MTCNN
 
 
 def _downscale(image, side):

@@ -1,16 +1,16 @@
-"""Classifying decoded images with an exported learner, in batches, the fastai way (test_dl + get_preds)."""
+"""Classifying decoded images with an exported learner, in batches, the fastai way (test_dl + get_preds).
+
+torch is imported where it is used: a run with nothing to classify, which imports this module, never needs it.
+"""
 import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
-from torch.fx.experimental.optimization import fuse
 
 from .labels import VOCAB
-from .model import load_model
+from .model import ModelFile
 
 BATCH_SIZE = 16  # images per model batch: on 2 cores, 16 ran 20% faster per image than 64 (cache-sized)
 
@@ -40,6 +40,8 @@ def model_threads(cpus=None):
 @contextmanager
 def torch_threads(count):
     """Run torch with `count` intra-op threads, restoring the previous count afterwards."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -48,25 +50,14 @@ def torch_threads(count):
         torch.set_num_threads(previous)
 
 
-class MirrorAveraged(nn.Module):
-    """Test-time flip: the mean of the network's logits for each image and its mirror image.
-
-    Deterministic, unlike `learn.tta`'s random augmentations, so a photo gets the same answer on every run; on the
-    bundled model's validation crops it cut errors by an eighth and narrowed the men/women gap (models/README.md).
-    """
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        both = self.model(torch.cat([x, x.flip(-1)]).contiguous(memory_format=torch.channels_last))
-        return (both[:len(x)] + both[len(x):]) / 2
-
-
 def inference_model(model):
     """The exported network as facesort runs it: batch norms folded into the convolutions, channels-last weights
     (together 3-4 times faster on a CPU, same outputs to 1e-5), and mirror-averaged."""
+    import torch
+    from torch.fx.experimental.optimization import fuse
+
+    from .mirror import MirrorAveraged
+
     try:
         fast = fuse(model.eval()).to(memory_format=torch.channels_last)
     except Exception:  # torch.fx cannot trace every network (branches on tensor values): run it as exported
@@ -75,16 +66,29 @@ def inference_model(model):
 
 
 class Classifier:
-    """An exported facesort learner with its threshold; `probabilities` is the only place the model runs."""
+    """An exported facesort learner with its threshold; `probabilities` is the only place the model runs.
+
+    The model file is checked, hashed and its settings read at once; the learner is unpickled on first use, so
+    a run that finds nothing to classify never loads it."""
 
     def __init__(self, model_path=None, threshold=None):
-        self.learn, self.path, self.sha256 = load_model(model_path)
-        self.learn.model = inference_model(self.learn.model)
-        self.threshold = float(threshold if threshold is not None else self.learn.loss_func.thresh)
-        self.size = self.learn.facesort.get("size", 128) if hasattr(self.learn, "facesort") else 128
+        self.model_file = ModelFile(model_path)
+        self.path, self.sha256 = self.model_file.path, self.model_file.sha256
+        self.threshold = float(threshold if threshold is not None else self.model_file.settings["threshold"])
+        self.size = self.model_file.settings["size"]
+        self._learn = None
+
+    @property
+    def learn(self):
+        if self._learn is None:
+            self._learn = self.model_file.load()
+            self._learn.model = inference_model(self._learn.model)
+        return self._learn
 
     def probabilities(self, images, batch_size=BATCH_SIZE):
         """Sigmoid outputs for a list of PIL images, shape (n, 2) in VOCAB order."""
+        import torch
+
         if not images:
             return np.zeros((0, len(VOCAB)), dtype=np.float32)
         dl = self.learn.dls.test_dl(images, bs=batch_size, num_workers=0)

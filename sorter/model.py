@@ -1,31 +1,32 @@
-"""Finding and loading an exported learner safely.
+"""Finding, checking and loading an exported learner safely, and cheaply until it is needed.
 
 A model file is a pickle, and unpickling can run code: only the bundled model or a path the user names is loaded,
-a file other users could have written is refused, and the bundled model must match its recorded sha256.
+a file other users could have written is refused, and the bundled model must match its recorded sha256. Opening a
+model checks it, hashes it and reads the settings stored in it without unpickling anything real, so a run with
+nothing to classify never imports fastai or loads the network.
 """
 import os
+import pickle
 import stat
 import sys
 import warnings
+import zipfile
+from importlib import resources
 from pathlib import Path
 
-from .archs import sha256_of
 from .errors import FacesortError
+from .hashing import sha256_of
 
 BUNDLED_NAME = "facesort-default.pkl"
-
-
-def bundled_model_candidates():
-    """Where the bundled model lies: installed data files first, then the source checkout."""
-    return [Path(sys.prefix) / "share" / "facesort" / "models" / BUNDLED_NAME,
-            Path(__file__).resolve().parent.parent / "models" / BUNDLED_NAME]
+DEFAULT_SIZE = 128  # input side of models exported before facesort stored it
 
 
 def bundled_model_path():
-    for path in bundled_model_candidates():
-        if path.exists():
-            return path
-    raise FacesortError("no bundled model is installed: pass --model PATH (train one with `facesort train`)")
+    """The model shipped inside the sorter package (sorter/models/), wherever and however the package is installed."""
+    path = resources.files(__package__).joinpath("models", BUNDLED_NAME)
+    if not path.is_file():
+        raise FacesortError("no bundled model is installed: pass --model PATH (train one with `facesort train`)")
+    return Path(str(path))
 
 
 def expected_sha256(model_path):
@@ -73,36 +74,108 @@ def python_version():
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def load_model(path=None):
-    """Load an exported learner on the CPU; returns (learner, path, sha256)."""
-    from fastai.learner import load_learner
+class _Stub:
+    """Stands for every class and function named in a model's pickle: keeps the state it is given, runs nothing."""
 
-    bundled = path is None
-    path = bundled_model_path() if bundled else Path(path)
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Stub()
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, __slots__ state)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+    def __setitem__(self, key, value):  # the items of dict subclasses and lists are not needed
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _SkeletonUnpickler(pickle.Unpickler):
+    """Rebuilds a pickle's plain data (dicts, numbers, strings) around stubs: imports and calls nothing."""
+
+    def find_class(self, module, name):
+        return _Stub
+
+    def persistent_load(self, pid):  # torch's tensor storages
+        return None
+
+
+def stored_settings(f, path):
+    """{"threshold", "size", "python"} as stored in an exported learner, read without running its pickle."""
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise FacesortError(f"model file not found: {path}") from None
-    except OSError as e:
-        raise FacesortError(f"cannot read model file {path}: {e.strerror}") from None
-    with f:
-        digest = check_model_file(f, path, bundled)
-        f.seek(0)
+        with zipfile.ZipFile(f) as archive:  # torch.save's format, which fastai's export uses
+            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            if not pickles:
+                raise FacesortError(f"{path} is not a facesort model (an archive without a pickled learner)")
+            with archive.open(pickles[0]) as data:
+                learner = _SkeletonUnpickler(data).load()
+    except zipfile.BadZipFile:
+        raise FacesortError(f"{path} is not a facesort model (not a fastai export: those are zip archives)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise FacesortError(f"{path} is not a facesort model (unreadable pickle: {e})") from None
+    state = getattr(learner, "__dict__", {})
+    threshold = getattr(state.get("loss_func"), "__dict__", {}).get("thresh")
+    if not isinstance(threshold, (int, float)):
+        raise FacesortError(f"{path} is not a facesort model (no probability threshold stored in it)")
+    facesort = state.get("facesort") if isinstance(state.get("facesort"), dict) else {}
+    return {"threshold": float(threshold), "size": facesort.get("size", DEFAULT_SIZE), "python": facesort.get("python")}
+
+
+class ModelFile:
+    """An exported model, opened, checked and hashed, its settings read: `load` unpickles it when needed."""
+
+    def __init__(self, path=None):
+        bundled = path is None
+        self.path = bundled_model_path() if bundled else Path(path)
         try:
-            with warnings.catch_warnings():  # fastai's pickle warning: the checks above are how we handle that risk
-                warnings.simplefilter("ignore", UserWarning)
-                learn = load_learner(f, cpu=True)
-        except Exception as e:  # a pickle can fail in many ways; all mean "not a facesort model"
-            raise FacesortError(f"cannot load model {path}: {type(e).__name__}: {e}") from None
-    if list(getattr(learn.dls, "vocab", [])) != ["female", "male"]:
-        raise FacesortError(f"{path} is not a facesort model (its labels are not female/male)")
-    _check_python(learn, path)
-    return learn, path, digest
+            self.file = open(self.path, "rb")
+        except FileNotFoundError:
+            raise FacesortError(f"model file not found: {self.path}") from None
+        except OSError as e:
+            raise FacesortError(f"cannot read model file {self.path}: {e.strerror}") from None
+        try:
+            self.sha256 = check_model_file(self.file, self.path, bundled)
+            self.file.seek(0)
+            self.settings = stored_settings(self.file, self.path)
+            _check_python(self.settings["python"], self.path)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def load(self):
+        """The learner, unpickled on the CPU from the file that was checked, which is then closed."""
+        from fastai.learner import load_learner
+
+        with self.file as f:
+            f.seek(0)
+            try:
+                with warnings.catch_warnings():  # fastai's pickle warning: the checks are how we handle that risk
+                    warnings.simplefilter("ignore", UserWarning)
+                    learn = load_learner(f, cpu=True)
+            except Exception as e:  # a pickle can fail in many ways; all mean "not a facesort model"
+                raise FacesortError(f"cannot load model {self.path}: {type(e).__name__}: {e}") from None
+        if list(getattr(learn.dls, "vocab", [])) != ["female", "male"]:
+            raise FacesortError(f"{self.path} is not a facesort model (its labels are not female/male)")
+        return learn
 
 
-def _check_python(learn, path):
+def load_model(path=None):
+    """Load an exported learner on the CPU at once; returns (learner, path, sha256)."""
+    model = ModelFile(path)
+    return model.load(), model.path, model.sha256
+
+
+def _check_python(exported, path):
     """Refuse a model exported by another Python: its pickled bytecode could crash or misbehave when run here."""
-    exported = getattr(learn, "facesort", {}).get("python")
     if exported and exported != python_version():
         raise FacesortError(f"{path} was exported by Python {exported} and this is Python {python_version()}: fastai "
                             f"stores some of its code in the model as bytecode; use Python {exported} or retrain")

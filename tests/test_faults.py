@@ -131,7 +131,7 @@ def assert_refused_before_work(cli, model, photos, out, monkeypatch, reason):
     """One line, exit 1, and neither a photo decoded nor the model loaded."""
     work = []
     monkeypatch.setattr(sorter.sorting, "load_image", lambda *a: work.append(a))
-    monkeypatch.setattr("sorter.inference.load_model", lambda *a: work.append(a))
+    monkeypatch.setattr("sorter.model.ModelFile.load", lambda *a: work.append(a))
     result = cli("run", photos, "--out", out, "--model", model, "--whole-image")
     assert result.exit_code == 1, result.output
     assert result.output.count("\n") == 1 and result.output.startswith("facesort: error: cannot write to output")

@@ -3,11 +3,12 @@ ever reaches a shell."""
 import ast
 import csv
 import os
-import pickle
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import sorter
 import sorter.model
@@ -19,7 +20,8 @@ ROOT = Path(sorter.__file__).resolve().parent.parent
 
 
 class Payload:
-    """Unpickling this creates a file: what a hostile model file could do, harmlessly."""
+    """Unpickling this creates a file: what a hostile model file could do, harmlessly (in a file laid out like a
+    fastai export: torch's zip format, a learner with a threshold)."""
 
     def __init__(self, marker):
         self.marker = marker
@@ -33,7 +35,7 @@ def hostile_model(tmp_path):
     folder = tmp_path / "models"
     folder.mkdir()
     path = folder / "hostile.pkl"
-    path.write_bytes(pickle.dumps(Payload(tmp_path / "ran")))
+    torch.save(SimpleNamespace(loss_func=SimpleNamespace(thresh=0.5), payload=Payload(tmp_path / "ran")), path)
     path.chmod(0o644)
     return path
 
@@ -97,7 +99,7 @@ def bundle(tmp_path, monkeypatch, model, record):
     shutil.copyfile(model, path)
     if record is not None:
         Path(f"{path}.sha256").write_text(f"{record}  facesort-default.pkl\n")
-    monkeypatch.setattr(sorter.model, "bundled_model_candidates", lambda: [path])
+    monkeypatch.setattr(sorter.model, "bundled_model_path", lambda: path)
     return path
 
 
