@@ -14,6 +14,12 @@ class OutputLocked(FacesortError):
     exit_code = 4
 
 
+class InputMissing(FacesortError):
+    """INPUT is missing, or holds none of the photos OUT was sorted from (a drive not mounted?): exit code 5."""
+
+    exit_code = 5
+
+
 # Write errors after which no further file can be written: the run stops instead of failing file after file.
 STOPPING_WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
                          errno.EROFS: "read-only file system", errno.EIO: "input/output error"}

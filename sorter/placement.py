@@ -1,4 +1,4 @@
-"""Placing copies in OUT atomically: a temporary file beside the target, then a rename."""
+"""Placing copies in OUT atomically and durably: a temporary file beside the target, fsync'ed, then a rename."""
 import contextlib
 import hashlib
 import os
@@ -7,7 +7,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import FacesortError, stopping_write_error
+from .errors import FacesortError, InputMissing, stopping_write_error
 from .images import ImageError
 
 TMP_PREFIX = ".facesort-tmp-"
@@ -41,6 +41,7 @@ def place_copy(source, target, listed=None):
             digest = _copy(src, fd, tmp)
             _check_unchanged(src, listed)
             os.replace(tmp, target)
+            _fsync_folder(target.parent)
         except BaseException as e:
             if tmp:
                 with contextlib.suppress(OSError):
@@ -74,10 +75,21 @@ def _copy(src, fd, tmp):
         for block in iter(lambda: src.read(1 << 20), b""):
             digest.update(block)
             out.write(block)
+        out.flush()
+        os.fsync(out.fileno())  # on disk before the rename: after a power cut a recorded copy is never empty
     st = os.fstat(src.fileno())
     os.chmod(tmp, stat.S_IMODE(st.st_mode))
     os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
     return digest.hexdigest()
+
+
+def _fsync_folder(folder):
+    """Make a rename in `folder` durable, before the state records the copy."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_copy(out_dir, folder, rel_path):
@@ -105,14 +117,39 @@ def sweep_temporary_files(out_dir):
     return count
 
 
-def check_folders(input_dir, out_dir):
-    """Fail before any work (and before OUT is created) when INPUT cannot be read or is OUT itself."""
+def check_folders(input_dir, out_dir, report=None):
+    """Fail before any work (and before OUT is created) when INPUT cannot be read, is OUT or lies inside it, or
+    when the report would be written into INPUT: INPUT is only ever read. (OUT inside INPUT is fine: not scanned.)"""
     if not Path(input_dir).is_dir():
-        raise FacesortError(f"input folder not found: {input_dir}")
+        raise InputMissing(f"input folder not found: {input_dir}")
     if not os.access(input_dir, os.R_OK | os.X_OK):
         raise FacesortError(f"cannot read input folder: {input_dir}")
-    if os.path.realpath(input_dir) == os.path.realpath(out_dir):
+    if _within(out_dir, input_dir) and _within(input_dir, out_dir):
         raise FacesortError("the output folder must not be the input folder")
+    if _within(input_dir, out_dir):
+        raise FacesortError(f"the input folder {input_dir} is inside the output folder {out_dir}: a run would "
+                            "write into it; choose an output folder outside the input folder")
+    if report and _within(report, input_dir) and not _within(report, out_dir):
+        raise FacesortError(f"the report {report} would be written into the input folder, which is only ever read")
+
+
+def _within(path, folder):
+    """Whether `path` is `folder` or lies under it, links resolved; comparing (device, inode) also sees a folder
+    reached through a bind mount."""
+    path = Path(os.path.realpath(path))
+    try:
+        st = os.stat(folder)
+    except OSError:  # a folder not created yet
+        return Path(os.path.realpath(folder)) in (path, *path.parents)
+    return any(_same_file(parent, st) for parent in (path, *path.parents))
+
+
+def _same_file(path, st):
+    try:
+        other = os.stat(path)
+    except OSError:
+        return False
+    return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
 
 
 def check_writable(out_dir):

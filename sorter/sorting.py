@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .archs import sha256_of
 from .discover import walk_photos
-from .errors import FacesortError
+from .errors import FacesortError, InputMissing
 from .faces import FaceFinder
 from .images import ImageError, load_image
 from .inference import BATCH_SIZE, available_cpus, model_threads, torch_threads
@@ -29,6 +29,8 @@ from .report import display_path, write_report
 from .state import OutputLock, State
 
 CUMULATIVE_REPORT = "facesort-report.csv"
+LOGGED_FAILURES = 20  # failures named in the log (and so in the nightly mail); the run's CSV has them all
+NOT_RETRIED = " (unchanged since the last run: not retried)"
 
 
 @dataclass
@@ -40,6 +42,7 @@ class RunOptions:
     whole_image: bool = False
     verify: bool = False
     rescan: bool = False
+    retry_failed: bool = False
     prune: bool = False
     reclassify: bool = False
     follow_links: bool = False
@@ -57,11 +60,15 @@ class RunSummary:
     report: Path
     cumulative: Path | None
     stopped_by: int | None = None  # the signal that stopped the run early
+    input_missing: bool = False  # INPUT holds none of the recorded photos: a drive not mounted?
 
     @property
     def exit_code(self):
+        """Failures unchanged since the last run do not make exit 3: that run's exit 3 and mail named them."""
         if self.stopped_by:
             return 128 + self.stopped_by
+        if self.input_missing:
+            return InputMissing.exit_code
         return 3 if self.counts["failed"] else 0
 
 
@@ -96,7 +103,7 @@ def sort_folder(input_dir, out_dir, classifier, opts=None, events=None, should_s
     """
     opts, events = opts or RunOptions(), events or Quiet()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
-    check_folders(input_dir, out_dir)
+    check_folders(input_dir, out_dir, opts.report)
     with OutputLock(out_dir):
         check_writable(out_dir)
         state = State(out_dir)
@@ -121,12 +128,12 @@ def _check_same_input(state, input_dir, out_dir, opts):
 
 def _sort(input_dir, output, classifier, opts, events, should_stop):
     counts, known = Counter(), output.state.all()
-    rows, jobs, seen = _survey(input_dir, output.out_dir, known, classifier, opts, counts)
-    rows += _handle_gone(output, known, _gone(known, seen), opts, counts, events)
-    if counts["outdated"]:
-        events.log(f"{counts['outdated']} photos were sorted by another model, threshold or mode "
-                   "(--reclassify sorts them again)")
-    events.log(f"{len(jobs)} photos to classify, {counts['unchanged']} unchanged")
+    rows, jobs, seen, unreadable = _survey(input_dir, output, known, classifier, opts, counts)
+    gone = _gone(known, seen)
+    input_missing = bool(known) and len(gone) == len(known)
+    rows += _handle_gone(output, known, gone, input_missing, opts, counts, events)
+    output.plan(jobs, unreadable)
+    _log_plan(jobs, counts, events)
     report = _run_report_path(output.out_dir, opts)
     events.start(len(jobs))
     done = 0
@@ -146,27 +153,38 @@ def _sort(input_dir, output, classifier, opts, events, should_stop):
     counts["remaining"] = len(jobs) - done
     write_report(report, rows)
     output.finish()
-    return RunSummary(counts, report, output.cumulative, should_stop())
+    _log_failures(rows, report, events)
+    return RunSummary(counts, report, output.cumulative, should_stop(), input_missing)
 
 
-def _survey(input_dir, out_dir, known, classifier, opts, counts):
-    """Walk INPUT: report rows for files not worth reading, jobs for the photos to classify, every name seen."""
-    rows, jobs, seen = [], [], set()
-    for found in walk_photos(input_dir, exclude=[out_dir], follow_links=opts.follow_links):
+def _survey(input_dir, output, known, classifier, opts, counts):
+    """Walk INPUT: report rows for files not worth reading, jobs for the photos to classify, every name seen, and
+    {rel: why} of the files that could not even be looked at."""
+    rows, jobs, seen, unreadable = [], [], set(), {}
+    queued, unreadable_before = output.state.queued(), output.state.listing_failures()
+    for found in walk_photos(input_dir, exclude=[output.out_dir], follow_links=opts.follow_links):
         seen.add(found.rel)
-        if found.status:
-            counts["failed" if found.status == "error" else "skipped"] += 1
+        if found.status == "error":
+            unreadable[found.rel] = found.reason
+            rows.append(_failure_row(found.rel, found.reason, unreadable_before.get(found.rel) == found.reason,
+                                     counts))
+        elif found.status:
+            counts["skipped"] += 1
             rows.append(_row(found.rel, found.status, error=found.reason))
         else:
-            job = _plan(found, known.get(found.rel), classifier, opts, counts)
-            if job:
-                jobs.append(job)
-    return rows, jobs, seen
+            previous = known.get(found.rel)
+            reason = _plan(found, previous, found.rel in queued, classifier, opts, counts)
+            if reason == "failed_unchanged":
+                rows.append(_failure_row(found.rel, previous["error"], True, counts))
+            elif reason:
+                jobs.append(Job(found.path, found.rel, reason, found.stat, previous))
+    return rows, jobs, seen, unreadable
 
 
-def _plan(found, previous, classifier, opts, counts):
-    """Decide whether a photo needs classifying this run, counting why; an unchanged photo is not even opened."""
-    stat = found.stat
+def _plan(found, previous, queued, classifier, opts, counts):
+    """Why a photo needs classifying this run, or None; an unchanged photo is not even opened. A photo that
+    failed is tried again only once it changed, and a photo a stopped run left queued is classified now."""
+    stat, again = found.stat, opts.rescan or queued
     reason = None
     if previous is None:
         reason = "new"
@@ -175,18 +193,47 @@ def _plan(found, previous, classifier, opts, counts):
     elif opts.verify and previous["sha256"] != sha256_of(found.path):
         reason = "changed"
     elif previous["status"] == "error":
+        if not (again or opts.retry_failed):
+            return "failed_unchanged"  # counted with its report row
         reason = "retried"
     elif (previous["model_sha256"], previous["threshold"], previous["mode"]) != (
             classifier.sha256, classifier.threshold, opts.mode):
-        counts["outdated"] += not (opts.reclassify or opts.rescan)
-        reason = "reclassified" if opts.reclassify or opts.rescan else None
-    elif opts.rescan:
+        counts["outdated"] += not (opts.reclassify or again)
+        reason = "reclassified" if opts.reclassify or again else None
+    elif again:
         reason = "rescanned"
-    if reason is None:
-        counts["unchanged"] += 1
-        return None
-    counts[reason] += 1
-    return Job(found.path, found.rel, reason, stat, previous)
+    counts[reason or "unchanged"] += 1
+    return reason
+
+
+def _failure_row(rel, error, unchanged, counts):
+    """A file that failed: a failure unchanged since the last run is counted apart and not named in the log."""
+    counts["failed_unchanged" if unchanged else "failed"] += 1
+    return {**_row(rel, "error", error=error + (NOT_RETRIED if unchanged else "")), "_known": unchanged}
+
+
+def _log_plan(jobs, counts, events):
+    if counts["outdated"]:
+        events.log(f"{counts['outdated']} photos were sorted by another model, threshold or mode "
+                   "(--reclassify sorts them again)")
+    if counts["failed_unchanged"]:
+        events.log(f"{counts['failed_unchanged']} files failed before and are unchanged since: not retried "
+                   "(--retry-failed tries them again)")
+    events.log(f"{len(jobs)} photos to classify, {counts['unchanged']} unchanged")
+
+
+def _log_failures(rows, report, events):
+    """Name this run's failures in the log, where the nightly wrapper's mail finds them."""
+    failed = [row for row in rows if row["status"] == "error" and not row.get("_known")]
+    for row in failed[:LOGGED_FAILURES]:
+        events.log(f"failed: {_printable(row['path'])}: {row['error']}")
+    if len(failed) > LOGGED_FAILURES:
+        events.log(f"failed: {len(failed) - LOGGED_FAILURES} more, listed in {report}")
+
+
+def _printable(text):
+    """A file name fit for one log line: newlines and control characters escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _gone(known, seen):
@@ -195,13 +242,13 @@ def _gone(known, seen):
     return sorted(rel for rel in known if rel not in seen and not rel.startswith(unlisted))
 
 
-def _handle_gone(output, known, gone, opts, counts, events):
-    """Photos gone from INPUT are reported; with --prune their copies and records go too."""
+def _handle_gone(output, known, gone, input_missing, opts, counts, events):
+    """Photos gone from INPUT are reported; with --prune their copies and records go too, unless all are gone."""
     counts["deleted"] = len(gone)
-    prune = opts.prune and not opts.dry_run and bool(gone)
-    if prune and len(gone) == len(known):
-        events.log(f"--prune ignored: none of the {len(known)} recorded photos is in the input folder (not mounted?)")
-        prune = False
+    prune = opts.prune and not opts.dry_run and bool(gone) and not input_missing
+    if input_missing:
+        events.log(f"none of the {len(known)} recorded photos is in the input folder (not mounted?): their copies "
+                   f"are kept{'; --prune ignored' if opts.prune else ''}")
     if prune:
         output.prune(gone, known)
         return [_row(rel, "pruned") for rel in gone]
@@ -237,6 +284,14 @@ class Output:
         swept, removed = sweep_temporary_files(self.out_dir), self._remove_stale()
         if swept or removed:
             events.log(f"cleaned up after an interrupted run: {swept} temporary files, {removed} unrecorded copies")
+
+    def plan(self, jobs, unreadable):
+        """Queue the photos this run will classify, so that a stopped run's work is not forgotten, and remember
+        the files that could not be looked at, so that the next run tells a new failure from an old one."""
+        if self.dry_run:
+            return
+        self.state.queue(job.rel for job in jobs)
+        self.state.set_listing_failures(unreadable)
 
     def commit(self, rows, classifier, opts):
         """Journal the chunk's copies, place the new ones, then record the chunk in one transaction."""

@@ -3,7 +3,8 @@
 Both live in OUT/.facesort/ and name photos by their path relative to INPUT, so moving OUT as a whole keeps them.
 A photo's row is written only after its copies exist, and a copy is removed only once no row lists it: after any
 crash the record never describes a copy that is not there. Work in flight is journalled (`pending`) before any copy
-is placed, so the next run can remove the copies a killed run placed but never recorded.
+is placed, so the next run can remove the copies a killed run placed but never recorded; the photos a run set out
+to classify are queued, so a stopped run's work is finished by the next one. The schema changes by migrations.
 """
 import fcntl
 import json
@@ -12,21 +13,9 @@ import sqlite3
 from pathlib import Path
 
 from .errors import FacesortError, OutputLocked
+from .migrations import migrate
 
 STATE_DIR = ".facesort"
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS photos (
-    rel BLOB PRIMARY KEY,     -- path relative to INPUT, as the file system's bytes
-    size INTEGER, mtime_ns INTEGER, sha256 TEXT,
-    model_sha256 TEXT, threshold REAL, mode TEXT,
-    status TEXT, labels TEXT, probs TEXT, faces INTEGER,
-    destinations TEXT, error TEXT, sorted_at TEXT
-);
-CREATE TABLE IF NOT EXISTS pending (rel BLOB PRIMARY KEY, folders TEXT);  -- copies being placed or removed
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-"""
 COLUMNS = ("rel", "size", "mtime_ns", "sha256", "model_sha256", "threshold", "mode", "status", "labels", "probs",
            "faces", "destinations", "error", "sorted_at")
 
@@ -78,16 +67,10 @@ class State:
         path = Path(out_dir) / STATE_DIR / "state.sqlite"
         try:
             self.db = sqlite3.connect(path, isolation_level=None)
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            self.db.execute("PRAGMA journal_mode=WAL")
+            migrate(self.db, path)
         except sqlite3.DatabaseError as e:
             raise FacesortError(f"cannot open {path}: {e} (move it away to start OUT afresh)") from None
-        if version != SCHEMA_VERSION:  # a new database: reading an existing one must not change it
-            if tables:
-                raise FacesortError(f"{path} was written by another facesort version (schema {version}); "
-                                    "move it away to start OUT afresh")
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")  # all or none
 
     def all(self):
         """Every recorded photo as {rel: row dict}."""
@@ -95,12 +78,24 @@ class State:
         return {os.fsdecode(row[0]): _decode(dict(zip(COLUMNS, row))) for row in cursor}
 
     def record(self, rows=(), forget=()):
-        """In one transaction: write photo rows, drop the rows of photos in `forget`."""
+        """In one transaction: write photo rows (and take them off the queue), drop the rows of photos in `forget`."""
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(f"INSERT OR REPLACE INTO photos VALUES ({', '.join(':' + c for c in COLUMNS)})",
                                 [_encode(row) for row in rows])
+            self.db.executemany("DELETE FROM queue WHERE rel = ?", [(os.fsencode(row["rel"]),) for row in rows])
             self.db.executemany("DELETE FROM photos WHERE rel = ?", [(os.fsencode(rel),) for rel in forget])
+
+    def queued(self):
+        """The photos an earlier run set out to classify and never recorded (it was stopped or killed)."""
+        return {os.fsdecode(rel) for rel, in self.db.execute("SELECT rel FROM queue")}
+
+    def queue(self, rels):
+        """Replace the queue by the photos this run will classify, before any of them is."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM queue")
+            self.db.executemany("INSERT INTO queue VALUES (?)", [(os.fsencode(rel),) for rel in rels])
 
     def intend(self, touched):
         """Journal {rel: folders} whose copies are about to be placed or removed; committed before any file moves."""
@@ -123,11 +118,24 @@ class State:
         self.db.execute("DELETE FROM pending")
 
     def input_dir(self):
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'input'").fetchone()
-        return row[0] if row else None
+        return self._meta("input")
 
     def set_input_dir(self, path):
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('input', ?)", (str(path),))
+        self._set_meta("input", str(path))
+
+    def listing_failures(self):
+        """{rel: why} of the files the last run found but could not even look at (they are not in `photos`)."""
+        return json.loads(self._meta("listing_failures") or "{}")
+
+    def set_listing_failures(self, failures):
+        self._set_meta("listing_failures", json.dumps(failures))
+
+    def _meta(self, key):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key, value):
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def close(self):
         self.db.close()

@@ -192,24 +192,56 @@ def test_model_change_is_reported_and_reclassify_moves_copies(sort, photos, tmp_
     assert any(row["destinations"] != "female;male" for row in rows.values())
 
 
-def test_photo_that_turns_corrupt_keeps_its_copies(sort, photos, tmp_path):
+def test_photo_that_turns_corrupt_keeps_its_copies_and_fails_once_until_it_changes(sort, photos, tmp_path,
+                                                                                  decodes):
+    """A broken file fails (exit 3, named in the log) the night it changes; later nights, unchanged, it is not
+    decoded again and does not make exit 3, so cron stops mailing about it; --retry-failed or a change retries it."""
     out = tmp_path / "out"
     sort(photos, out)
     good = (photos / "male_0.jpg").read_bytes()
     folder = read_csv(out / "facesort-report.csv")["male_0.jpg"]["destinations"]
     (photos / "male_0.jpg").write_bytes(good[: len(good) // 2])
 
-    for reason in ("changed", "retried"):
-        result = sort(photos, out)
-        assert result.exit_code == 3 and summary(result)[reason] == "1" and summary(result)["failed"] == "1"
+    def assert_kept_as_error():
         row = read_csv(out / "facesort-report.csv")["male_0.jpg"]
         assert row["status"] == "error" and "truncated" in row["error"] and row["destinations"] == folder
         assert (out / folder / "male_0.jpg").read_bytes() == good, "the old copy is kept"
         assert _state(out)["male_0.jpg"]["status"] == "error"
 
+    first = sort(photos, out)
+    assert first.exit_code == 3 and (summary(first)["changed"], summary(first)["failed"]) == ("1", "1")
+    assert "failed: male_0.jpg: corrupt or truncated image" in first.output
+    assert_kept_as_error()
+
+    decoded = decodes["decoded"]
+    second = sort(photos, out)
+    assert second.exit_code == 0, second.output
+    assert [summary(second)[key] for key in ("failed", "failed_unchanged", "retried")] == ["0", "1", "0"]
+    assert decodes["decoded"] == decoded and "failed: male_0.jpg" not in second.output
+    row = read_csv(Path(summary(second)["report"]))["male_0.jpg"]
+    assert row["status"] == "error" and row["error"].endswith("(unchanged since the last run: not retried)")
+    assert_kept_as_error()
+
+    retried = sort(photos, out, "--retry-failed")
+    assert retried.exit_code == 3 and (summary(retried)["retried"], summary(retried)["failed"]) == ("1", "1")
+    assert decodes["decoded"] == decoded + 1
     (photos / "male_0.jpg").write_bytes(good)
     assert sort(photos, out).exit_code == 0
     assert read_csv(out / "facesort-report.csv")["male_0.jpg"]["status"] == "sorted"
+
+
+def test_a_file_that_cannot_be_looked_at_fails_once_until_its_error_changes(sort, photos, tmp_path):
+    os.mkfifo(photos / "pipe.jpg")
+    out = tmp_path / "out"
+    first = sort(photos, out)
+    assert first.exit_code == 3 and summary(first)["failed"] == "1"
+    assert "failed: pipe.jpg: not a regular file" in first.output
+    second = sort(photos, out)
+    assert second.exit_code == 0 and (summary(second)["failed"], summary(second)["failed_unchanged"]) == ("0", "1")
+    (photos / "pipe.jpg").unlink()
+    (photos / "pipe.jpg").symlink_to("nowhere.jpg")
+    third = sort(photos, out, "--follow-links")
+    assert third.exit_code == 3 and "failed: pipe.jpg: broken symbolic link" in third.output
 
 
 def test_deleted_photo_is_reported_and_pruned_only_when_asked(sort, photos, tmp_path):
@@ -230,15 +262,27 @@ def test_deleted_photo_is_reported_and_pruned_only_when_asked(sort, photos, tmp_
     assert_complete(out, photos, listed(read_csv(out / "facesort-report.csv")))
 
 
-def test_prune_refuses_to_empty_out_when_input_looks_unmounted(sort, photos, tmp_path):
+@pytest.mark.parametrize("args", [(), ("--prune",)])
+def test_an_unmounted_input_exits_5_and_keeps_every_copy(sort, photos, tmp_path, args):
+    """Under cron an unmounted drive is an empty folder, or no folder: exit 5 makes the wrapper mail, whether or
+    not --prune (which then removes nothing) is given."""
     out = tmp_path / "out"
     sort(photos, out)
     before = copies(out)
     (tmp_path / "elsewhere").mkdir()
     for path in photos.iterdir():  # same INPUT, nothing under it: like a drive that failed to mount
         path.rename(tmp_path / "elsewhere" / path.name)
-    result = sort(photos, out, "--prune")
-    assert result.exit_code == 0 and "--prune ignored" in result.output
+    result = sort(photos, out, *args)
+    assert result.exit_code == 5, result.output
+    assert "none of the 7 recorded photos is in the input folder (not mounted?)" in result.output
+    assert ("--prune ignored" in result.output) == bool(args)
+    assert copies(out) == before
+    photos.rmdir()
+    missing = sort(photos, out, *args)
+    assert (missing.exit_code, missing.output) == (5, f"facesort: error: input folder not found: {photos}\n")
+    (tmp_path / "elsewhere").rename(photos)
+    mounted = sort(photos, out, *args)
+    assert mounted.exit_code == 0 and summary(mounted)["unchanged"] == "7"
     assert copies(out) == before
 
 

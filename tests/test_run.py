@@ -93,6 +93,43 @@ def test_out_equal_to_input_is_refused(cli, colour_model, photos):
     assert result.exit_code == 1 and "must not be the input folder" in result.output
 
 
+def test_out_inside_input_is_allowed_when_spelt_through_a_link(cli, colour_model, photos, tmp_path):
+    (tmp_path / "link").symlink_to(photos)
+    result = cli("run", photos, "--out", tmp_path / "link" / "sorted", "--model", colour_model, "--whole-image")
+    assert result.exit_code == 0, result.output
+    assert len(run_report(photos / "sorted")) == 7
+
+
+@pytest.mark.parametrize("spelling", ["plain", "OUT through a link", "INPUT through a link", "both through links"])
+def test_input_inside_out_is_refused_before_any_work(cli, colour_model, photos, tmp_path, spelling):
+    """The issue's repro: `run data/male --out data` replaced INPUT's files by copies of themselves, then a
+    --reclassify deleted them. Refused however the folders are spelt, and nothing is touched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    input_dir = photos.rename(out / "male")
+    (tmp_path / "out-link").symlink_to(out)
+    (tmp_path / "in-link").symlink_to(input_dir)
+    out_arg = tmp_path / "out-link" if "OUT" in spelling or "both" in spelling else out
+    in_arg = tmp_path / "in-link" if "INPUT" in spelling or "both" in spelling else input_dir
+    before = tree_digest(out)
+    result = cli("run", in_arg, "--out", out_arg, "--model", colour_model, "--whole-image", "--threshold", "0")
+    assert result.exit_code == 1
+    assert result.output == (f"facesort: error: the input folder {in_arg} is inside the output folder {out_arg}: a "
+                             "run would write into it; choose an output folder outside the input folder\n")
+    assert tree_digest(out) == before
+
+
+def test_a_report_inside_input_is_refused(cli, colour_model, photos, tmp_path):
+    before = tree_digest(photos)
+    result = cli("run", photos, "--out", tmp_path / "out", "--model", colour_model, "--report", photos / "r.csv")
+    assert result.exit_code == 1 and "would be written into the input folder" in result.output
+    assert tree_digest(photos) == before and not (tmp_path / "out").exists()
+    inside_out = photos / "sorted" / "r.csv"  # OUT inside INPUT: its reports are fine
+    assert cli("run", photos, "--out", photos / "sorted", "--model", colour_model, "--whole-image",
+               "--report", inside_out).exit_code == 0
+    assert len(read_csv(inside_out)) == 7
+
+
 def test_missing_model_is_a_one_line_error(cli, photos, tmp_path):
     result = cli("run", photos, "--out", tmp_path / "out", "--model", tmp_path / "nope.pkl")
     assert result.exit_code == 1

@@ -12,6 +12,7 @@ Exit codes:
   2        usage error
   3        finished but some files failed (see the CSV report)
   4        another run holds the output folder
+  5        INPUT missing, or none of its recorded photos in it (not mounted?)
   130/143  stopped by SIGINT/SIGTERM after the current batch"""
 
 

@@ -19,6 +19,8 @@ from ..console import RichEvents, make_events, print_table
 @click.option("--dry-run", is_flag=True, help="Classify and write the report, but copy nothing.")
 @click.option("--verify", is_flag=True, help="Detect changed photos by content hash, not only size and mtime.")
 @click.option("--rescan", is_flag=True, help="Classify every photo again, changed or not.")
+@click.option("--retry-failed", is_flag=True,
+              help="Try again files that failed before, even unchanged (after installing a decoder, say).")
 @click.option("--reclassify", is_flag=True, help="Classify again photos sorted by another model or threshold.")
 @click.option("--prune", is_flag=True, help="Remove the copies of photos deleted from INPUT.")
 @click.option("--follow-links", is_flag=True, help="Follow symbolic links (each real file once).")
@@ -27,7 +29,7 @@ from ..console import RichEvents, make_events, print_table
 @click.option("--new-input", is_flag=True, help="Accept an INPUT other than the one OUT was sorted from (it moved).")
 @reports_errors
 def run(input_dir, out_dir, model_path, threshold, whole_image, batch_size, report, dry_run, verify, rescan,
-        reclassify, prune, follow_links, chunk_size, new_input):
+        retry_failed, reclassify, prune, follow_links, chunk_size, new_input):
     """Sort the photos under INPUT into OUT/male, OUT/female (both, with both faces) and OUT/neither.
 
     INPUT is never modified. Copies keep their path relative to INPUT. Photos already sorted and unchanged are
@@ -38,12 +40,12 @@ def run(input_dir, out_dir, model_path, threshold, whole_image, batch_size, repo
     from ..state import OutputLock
 
     events = make_events()
-    check_folders(input_dir, out_dir)
+    check_folders(input_dir, out_dir, report)
     try:
         with OutputLock(out_dir):  # a second run exits 4 here, before the slow imports and model load
             summary = _sort(input_dir, out_dir, model_path, threshold, events, batch_size=batch_size,
                             chunk_size=chunk_size, dry_run=dry_run, report=report, whole_image=whole_image,
-                            verify=verify, rescan=rescan, reclassify=reclassify, prune=prune,
+                            verify=verify, rescan=rescan, retry_failed=retry_failed, reclassify=reclassify, prune=prune,
                             follow_links=follow_links, new_input=new_input)
     except KeyboardInterrupt:  # Ctrl-C while loading, or a second one: OUT is as safe as after a kill
         click.echo("facesort: interrupted at once; the next run finishes the work", err=True)
@@ -72,7 +74,7 @@ def _sort(input_dir, out_dir, model_path, threshold, events, **options):
 
 
 def _print_summary(summary):
-    keys = ("new", "changed", "retried", "reclassified", "rescanned", "unchanged", "outdated", "failed", "skipped",
-            "deleted", "sorted", "male", "female", "both", "neither", "remaining")
+    keys = ("new", "changed", "retried", "reclassified", "rescanned", "unchanged", "outdated", "failed",
+            "failed_unchanged", "skipped", "deleted", "sorted", "male", "female", "both", "neither", "remaining")
     rows = [(k, summary.counts[k]) for k in keys] + [("report", summary.report)]
     print_table("facesort run", rows + ([("cumulative", summary.cumulative)] if summary.cumulative else []))
