@@ -41,8 +41,8 @@ class Plan:
     stamp: str = field(default_factory=lambda: datetime.now().strftime("clean-%Y%m%d-%H%M%S-%f"))
 
 
-def plan_clean(review_csv):
-    """What `clean` would do with an edited review CSV; refusals are collected, not raised, to list them all."""
+def read_review(review_csv):
+    """The rows of a review CSV and the one data folder they name; FacesortError when it is not one."""
     rows = read_rows(review_csv)
     missing = [name for name in REQUIRED if rows and name not in rows[0]]
     if missing:
@@ -50,7 +50,13 @@ def plan_clean(review_csv):
     data_dirs = {row["data_dir"] for row in rows}
     if len(data_dirs) > 1:
         raise FacesortError(f"{review_csv} mixes several data folders in its data_dir column: {sorted(data_dirs)}")
-    plan = Plan(Path(data_dirs.pop()) if data_dirs else Path("."))
+    return rows, Path(data_dirs.pop()) if data_dirs else Path(".")
+
+
+def plan_clean(review_csv):
+    """What `clean` would do with an edited review CSV; refusals are collected, not raised, to list them all."""
+    rows, data_dir = read_review(review_csv)
+    plan = Plan(data_dir)
     sources, targets = set(), set()
     for line, row in enumerate(rows, 2):  # line 1 is the header, as a spreadsheet numbers it
         action = row["action"].strip().lower()
@@ -78,12 +84,8 @@ def _plan_row(plan, row, action):
     data_dir = plan.data_dir
     if action not in ACTIONS:
         raise FacesortError(f"unknown action {action!r} (use delete, female, male, neither, or leave it empty)")
-    rel = inside(data_dir, row["path"])
+    rel = reviewed_file(data_dir, row)
     path = data_dir / rel
-    if not path.is_file():
-        raise FacesortError("file not found (moved or deleted since the review)")
-    if sha256_of(path) != row["sha256"].strip():
-        raise FacesortError("the file changed since the review (sha256 differs): review it again")
     if action == "delete":
         target = f"{TRASH_DIR}/{plan.stamp}/{rel}"
     elif action == folder_label(path):
@@ -93,6 +95,17 @@ def _plan_row(plan, row, action):
     if (data_dir / target).exists():
         raise FacesortError(f"{target} already exists: refusing to overwrite it")
     return Move(action, rel, target, row["sha256"].strip())
+
+
+def reviewed_file(data_dir, row):
+    """A review row's path relative to DATA_DIR, checked: inside it, still there, and unchanged since the review."""
+    rel = inside(data_dir, row["path"])
+    path = Path(data_dir) / rel
+    if not path.is_file():
+        raise FacesortError("file not found (moved or deleted since the review)")
+    if sha256_of(path) != row["sha256"].strip():
+        raise FacesortError("the file changed since the review (sha256 differs): review it again")
+    return rel
 
 
 def inside(data_dir, path_text):

@@ -1,9 +1,11 @@
 """`facesort review`: the labelled photos the model disagrees with most, as a CSV to edit and a contact sheet."""
 import functools
+from pathlib import Path
 
 import click
 
 from . import EXIT_CODES, batch_option, model_option, reports_errors, threshold_option
+from .serve import host_option, port_option
 
 
 @click.command(epilog=EXIT_CODES)
@@ -17,15 +19,33 @@ from . import EXIT_CODES, batch_option, model_option, reports_errors, threshold_
               help="How many of the worst images to list (0: all).")
 @click.option("--out", "out_dir", default="facesort-review", show_default=True, type=click.Path(file_okay=False),
               help="Folder for review.csv and review.html.")
+@click.option("--serve", "serve_page", is_flag=True,
+              help="Then open the review as a local page to decide on each image, saved to review.csv at once. An "
+                   "existing OUT/review.csv is served as it is, with its decisions (no model is run).")
+@host_option
+@port_option
 @reports_errors
-def review(data_dir, model_path, threshold, faces, batch_size, top, out_dir):
+def review(data_dir, model_path, threshold, faces, batch_size, top, out_dir, serve_page, host, port):
     """Rank the labelled images under DATA_DIR by loss, likeliest label errors and unreadable files first.
 
     Writes OUT/review.csv (fill its `action` column: delete, male, female, neither, or empty to keep; then run
     `facesort clean OUT/review.csv`) and OUT/review.html, thumbnails in the same order, which opens offline.
     Whole images by default: training images are judged the way training saw them, so a face the detector
     misses cannot pass for a label error.
+
+    With --serve, a page at http://HOST:PORT/ shows the images as thumbnails, worst first, to keep, delete or
+    relabel each with a click or a key (k/d/m/f/n), then apply and undo as `facesort clean` does. Stop with Ctrl+C.
     """
+    review_csv = Path(out_dir) / "review.csv"
+    if serve_page and review_csv.exists():
+        click.echo(f"{review_csv} exists: serving it with its decisions (delete it to rank the images again)", err=True)
+    else:
+        _write_review(data_dir, model_path, threshold, faces, batch_size, top, out_dir)
+    if serve_page:
+        _serve(review_csv, data_dir, faces, host, port)
+
+
+def _write_review(data_dir, model_path, threshold, faces, batch_size, top, out_dir):
     from ..evaluation import classify_labelled
     from ..inference import Classifier
     from ..review import write_review
@@ -37,3 +57,18 @@ def review(data_dir, model_path, threshold, faces, batch_size, top, out_dir):
     scored = classify_labelled(data_dir, classifier, not faces, batch_size, log)
     for path in write_review(scored, classifier, data_dir, out_dir, top, mode):
         click.echo(f"wrote {path}")
+
+
+def _serve(review_csv, data_dir, faces, host, port):
+    import uvicorn
+
+    from ..review_server import create_app
+
+    finder = None
+    if faces:
+        from ..faces import FaceFinder
+
+        finder = FaceFinder()
+    app = create_app(review_csv, data_dir, finder, loopback=host in ("127.0.0.1", "localhost"))
+    click.echo(f"every decision made on the page is saved to {review_csv} at once", err=True)
+    uvicorn.run(app, host=host, port=port, server_header=False)

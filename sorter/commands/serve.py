@@ -5,15 +5,19 @@ from . import model_option, reports_errors, threshold_option, whole_image_option
 from ..serve import MAX_UPLOAD_MB
 
 
+host_option = click.option("--host", default="127.0.0.1", show_default=True,
+                           help="Address to listen on. 0.0.0.0 lets other machines in: there is no login, so only on "
+                                "a trusted network.")
+port_option = click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+                           help="Port to listen on (0: any free port, printed at start).")
+
+
 @click.command()
 @model_option
 @threshold_option
 @whole_image_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. 0.0.0.0 lets other machines in: there is no login, so only on a trusted "
-                   "network.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0: any free port, printed at start).")
+@host_option
+@port_option
 @click.option("--max-upload-mb", default=MAX_UPLOAD_MB, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Largest request accepted, in MiB (the page sends one photo per request); larger ones get 413.")
 @reports_errors
