@@ -70,7 +70,8 @@ def load_image(source, min_side=None):
     an upright RGB image.
 
     With `min_side`, a JPEG is decoded at the smallest scale (1/2 to 1/8) whose shorter side is still at least
-    `min_side` pixels: much faster than a full decode when the model only needs a thumbnail.
+    `min_side` pixels: much faster than a full decode when the model only needs a thumbnail. The image's
+    `info["full_size"]` is then the upright photo's own (width, height), the frame users measure in.
     """
     try:
         with _opened(source) as f:
@@ -85,10 +86,13 @@ def load_image(source, min_side=None):
             f.seek(0)
             with Image.open(f) as im:
                 _check_size(im)
+                full_size = im.size
                 if min_side and im.format == "JPEG":
                     im.draft("RGB", _draft_size(im.size, min_side))
                 im.seek(0)
-                return _to_rgb(ImageOps.exif_transpose(im))
+                image = _to_rgb(ImageOps.exif_transpose(im))
+                image.info["full_size"] = full_size if image.size == im.size else full_size[::-1]  # turned upright
+                return image
     except ImageError:
         raise
     except FileNotFoundError:

@@ -11,11 +11,15 @@ def predict_images(classifier, images, whole_image=False, batch_size=BATCH_SIZE,
     return classifier.predict_faces(images, finder or FaceFinder(), batch_size, found)
 
 
-def as_dict(name, prediction, classifier, size=None):
-    """One result; `size` is the decoded image's [width, height], the frame its face boxes are drawn in."""
+def as_dict(name, prediction, classifier, image):
+    """One result: `size` is the photo's upright [width, height] in its own pixels, and face boxes are in that
+    frame, however small a copy of it was decoded."""
+    width, height = image.info.get("full_size", image.size)
+    sx, sy = width / image.width, height / image.height
+    boxes = None if prediction.boxes is None else [
+        [round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)] for x0, y0, x1, y1 in prediction.boxes]
     return {"path": name, "labels": prediction.labels, "probs": prediction.probs, "faces": prediction.faces,
-            "boxes": prediction.boxes, "size": list(size) if size else None, "threshold": classifier.threshold,
-            "error": ""}
+            "boxes": boxes, "size": [width, height], "threshold": classifier.threshold, "error": ""}
 
 
 def error_dict(name, error, classifier):
@@ -42,7 +46,7 @@ def predict_sources(classifier, sources, whole_image=False, batch_size=BATCH_SIZ
             errors.append(str(e))
     predictions = iter(predict_images(classifier, [im for im in images if im is not None], whole_image, batch_size,
                                       finder))
-    return [as_dict(name, next(predictions), classifier, image.size) if image is not None
+    return [as_dict(name, next(predictions), classifier, image) if image is not None
             else error_dict(name, error, classifier)
             for (name, _), image, error in zip(sources, images, errors)]
 
