@@ -19,6 +19,7 @@ from .report import display_path, write_report
 COLUMNS = ("rank", "path", "label", "predicted", "prob_female", "prob_male", "loss", "action", "sha256", "data_dir")
 THUMB_SIDE = 160
 EPS = 1e-7
+NO_FACE = " (no face found)"
 
 
 def losses(probs, targets):
@@ -41,7 +42,7 @@ def review_row(rank, scored, loss, threshold, data_dir):
     if scored.error:
         predicted = f"unreadable: {scored.error}"
     elif np.isnan(scored.probs).all():
-        predicted = "neither (no face found)"
+        predicted = "neither" + NO_FACE
     else:
         predicted = labels_text([label for label, p in zip(VOCAB, scored.probs) if p >= threshold])
     probs = {f"prob_{label}": "" if np.isnan(p) else round(float(p), 4) for label, p in zip(VOCAB, scored.probs)}
@@ -64,6 +65,11 @@ def write_review(scored, classifier, data_dir, out_dir, top=200, mode="whole-ima
     return csv_path, html_path
 
 
+def agrees(row):
+    """Whether a row's prediction is its folder's label (a photo in which no face was found is predicted neither)."""
+    return row["predicted"].removesuffix(NO_FACE) == row["label"]
+
+
 def thumbnail_uri(path):
     """The image as a small JPEG data: URI, or None when it cannot be read."""
     try:
@@ -81,7 +87,7 @@ STYLE = """body{font:13px sans-serif;margin:1em}
 figure{margin:0;width:170px;border:1px solid #ccc;padding:4px}
 img{display:block;margin:auto;max-width:160px;max-height:160px}
 figcaption{word-break:break-all}
-.bad{color:#b00}.none{height:160px;background:#eee;text-align:center;line-height:160px}"""
+.bad{color:#b00}.ok{color:#070}.none{height:160px;background:#eee;text-align:center;line-height:160px}"""
 
 
 def contact_sheet(title, items):
@@ -94,7 +100,8 @@ def contact_sheet(title, items):
         figures.append(
             f"<figure>{picture}<figcaption><b>#{row['rank']}</b> {html.escape(row['path'])}<br>"
             f"given <b>{html.escape(str(row['label']))}</b>, predicted "
-            f"<b class=\"bad\">{html.escape(row['predicted'])}</b><br>{probs}<br>loss {row['loss']}</figcaption>"
+            f"<b class=\"{'ok' if agrees(row) else 'bad'}\">{html.escape(row['predicted'])}</b><br>{probs}<br>"
+            f"loss {row['loss']}</figcaption>"
             "</figure>")
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "

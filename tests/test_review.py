@@ -53,6 +53,10 @@ def test_contact_sheet_is_offline_escaped_and_in_csv_order(cli, colour_model, tm
     positions = [page.index(f"<b>#{row['rank']}</b> ") for row in rows]
     assert positions == sorted(positions)
     assert page.index("female/oops.jpg") < page.index("male/male_0.jpg")
+    figures = {row["path"]: page[page.index(f"<b>#{row['rank']}</b> "):].split("</figure>")[0] for row in rows}
+    assert 'predicted <b class="bad">male</b>' in figures["female/oops.jpg"]  # red only where they disagree
+    assert 'predicted <b class="ok">male</b>' in figures["male/male_0.jpg"]
+    assert 'predicted <b class="ok">neither</b>' in figures["neither/neither_0.jpg"]
 
 
 def test_top_limits_both_files_and_unreadable_images_come_first(cli, colour_model, tmp_path):
