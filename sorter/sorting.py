@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .archs import sha256_of
+from .hashing import sha256_of
 from .discover import walk_photos
 from .errors import FacesortError, InputMissing
 from .faces import FaceFinder
@@ -346,7 +346,10 @@ def _touched(row):
 
 
 def _classify_chunks(jobs, classifier, opts):
-    """Yield the result rows of each chunk; the next chunk decodes in threads while this one is classified."""
+    """Yield the result rows of each chunk; the next chunk decodes in threads while this one is classified.
+    With no jobs nothing is loaded: not torch, the face detector or the model (a night with nothing new)."""
+    if not jobs:
+        return
     finder = None if opts.whole_image else FaceFinder()
     min_side = decode_side(classifier, opts.whole_image)
     chunks = [jobs[i:i + opts.chunk_size] for i in range(0, len(jobs), opts.chunk_size)]
