@@ -244,6 +244,29 @@ def test_a_file_that_cannot_be_looked_at_fails_once_until_its_error_changes(sort
     assert third.exit_code == 3 and "failed: pipe.jpg: broken symbolic link" in third.output
 
 
+@pytest.mark.parametrize("before, options, reason", [((), ("--rescan",), "rescanned"),
+                                                     (("--threshold", "0.4"), ("--reclassify",), "reclassified")])
+def test_photos_a_stopped_rescan_left_are_classified_by_the_next_plain_run(sort, photos, tmp_path, monkeypatch,
+                                                                          before, options, reason):
+    out = tmp_path / "out"
+    sort(photos, out, *before)
+    real_classify = sorting._classify
+
+    def sigterm_during_the_first_chunk(*a):
+        monkeypatch.setattr(sorting, "_classify", real_classify)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_classify(*a)
+
+    monkeypatch.setattr(sorting, "_classify", sigterm_during_the_first_chunk)
+    stopped = sort(photos, out, "--chunk-size", "2", *options)
+    assert stopped.exit_code == 143, stopped.output
+    assert "5 photos left for the next run" in stopped.output and summary(stopped)["remaining"] == "5"
+    following = sort(photos, out)  # no option: it finishes the work
+    assert following.exit_code == 0 and summary(following)[reason] == "5", following.output
+    assert summary(sort(photos, out))[reason] == "0"
+    assert_complete(out, photos, listed(read_csv(out / "facesort-report.csv")))
+
+
 def test_deleted_photo_is_reported_and_pruned_only_when_asked(sort, photos, tmp_path):
     out = tmp_path / "out"
     sort(photos, out)
@@ -514,32 +537,67 @@ def test_sigkill_while_copies_move_between_folders(spawn, sort, expected, tmp_pa
 
 # --- the cron wrapper ----------------------------------------------------------------------------------------------
 
-def test_nightly_wrapper_logs_plain_lines_and_passes_the_exit_status(colour_model, photos, tmp_path):
-    out, logs = tmp_path / "out", tmp_path / "logs"
+def this_facesort(folder):
+    """An executable running this checkout's facesort with the Python running the tests."""
+    facesort = folder / "facesort"
+    facesort.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m sorter "$@"\n')
+    facesort.chmod(0o755)
+    return facesort
+
+
+def test_nightly_wrapper_logs_plain_lines_names_failures_and_passes_the_exit_status(colour_model, photos, tmp_path):
+    """The night a file breaks, the mail names it; a good night is silent; a missing INPUT mails exit 5. The
+    runs write nothing in the working folder, INPUT or beside the model, and elsewhere only the caches that
+    importing fastai makes (matplotlib's font list, torch's empty inductor folder)."""
+    good = make_photo(photos / "broken.jpg", "male").read_bytes()
+    (photos / "broken.jpg").write_bytes(good[: len(good) // 2])
+    out, logs, home, scratch, cwd = (tmp_path / name for name in ("out", "logs", "home", "tmp", "cwd"))
+    for folder in (home, scratch, cwd):
+        folder.mkdir()
     facesort = tmp_path / "facesort"  # this checkout's facesort, with the Python running the tests
     facesort.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m sorter "$@"\n')
     facesort.chmod(0o755)
-    env = dict(os.environ, FACESORT=str(facesort), FACESORT_LOG_DIR=str(logs), FACESORT_KEEP_LOGS="2")
-    nightly = [str(ROOT / "scripts" / "facesort-nightly"), str(photos), str(out), "--model", str(colour_model),
-               "--whole-image"]
-    ok = subprocess.run(nightly, env=env, capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0 and ok.stdout == ok.stderr == "", "a good night is silent for cron"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("XDG_", "MPL"))}
+    env.update(FACESORT=str(facesort), FACESORT_LOG_DIR=str(logs), FACESORT_KEEP_LOGS="2", HOME=str(home),
+               TMPDIR=str(scratch))
+    untouched = {folder: tree_digest(folder) for folder in (photos, colour_model.parent)}
+
+    def night():
+        return subprocess.run([str(ROOT / "scripts" / "facesort-nightly"), str(photos), str(out), "--model",
+                               str(colour_model), "--whole-image"], env=env, cwd=cwd, capture_output=True,
+                              text=True, timeout=300)
+
+    broken = night()
+    assert broken.returncode == 3, broken.stderr
+    assert "\nfailed: broken.jpg: corrupt or truncated image" in broken.stderr
     [log] = logs.glob("facesort-*.log")
     text = log.read_text()
     assert "\x1b" not in text and "sorted=7" in text
     stamped = [line for line in text.splitlines() if "=" not in line.split(" ")[0]]
     assert stamped and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", line) for line in stamped), text
-    assert "exit 0" in text.splitlines()[-1]
+    assert "exit 3" in text.splitlines()[-1]
+    assert {folder: tree_digest(folder) for folder in untouched} == untouched
+    assert list(cwd.iterdir()) == []
+    assert all(p.relative_to(home).parts[:2] == (".cache", "matplotlib") for p in home.rglob("*") if p.is_file())
+    assert all(p.name.startswith("torchinductor_") and not any(p.iterdir()) for p in scratch.iterdir())
 
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); "
                                "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
                                str(out / ".facesort" / "lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
-        for _ in range(2):
-            locked = subprocess.run(nightly, env=env, capture_output=True, text=True, timeout=300)
-            assert locked.returncode == 4, locked.stderr
-            assert "exit 4" in locked.stderr and "another facesort run" in locked.stderr
+        locked = night()
+        assert locked.returncode == 4, locked.stderr
+        assert "exit 4" in locked.stderr and "another facesort run" in locked.stderr
     finally:
         holder.communicate("")
+    env["FACESORT"] = str(tmp_path / "good-night")  # exit 0, as the next night with only that failure, known
+    Path(env["FACESORT"]).write_text("#!/bin/sh\necho sorted=0\n")
+    Path(env["FACESORT"]).chmod(0o755)
+    ok = night()
+    assert ok.returncode == 0 and ok.stdout == ok.stderr == "", "a good night is silent for cron"
+    env["FACESORT"] = str(facesort)
+    photos.rename(tmp_path / "unmounted")
+    missing = night()
+    assert missing.returncode == 5 and "not mounted?" in missing.stderr.splitlines()[0]
     assert len(list(logs.glob("facesort-*.log"))) == 2, "only the newest FACESORT_KEEP_LOGS logs are kept"
