@@ -80,10 +80,14 @@ class Classifier:
 
     @property
     def learn(self):
+        return self.load()._learn
+
+    def load(self):
+        """Unpickle the learner now, if not yet done (a server does it before its first request); returns self."""
         if self._learn is None:
             self._learn = self.model_file.load()
             self._learn.model = inference_model(self._learn.model)
-        return self._learn
+        return self
 
     def probabilities(self, images, batch_size=BATCH_SIZE):
         """Sigmoid outputs for a list of PIL images, shape (n, 2) in VOCAB order."""

@@ -7,7 +7,9 @@ shown back, never used as a path; unreadable uploads get a 4xx with the reason, 
 import base64
 import hashlib
 import json
+import logging
 import re
+import socket
 import threading
 from importlib import resources
 
@@ -19,6 +21,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
+
+from .errors import FacesortError
 
 MAX_UPLOAD_MB = 20  # per request; the page sends one photo per request, and a phone photo is 2-10 MB
 MAX_FILES = 20  # photos per request
@@ -33,7 +37,7 @@ def create_app(model_path=None, threshold=None, whole_image=False, max_upload_mb
     from .inference import Classifier
     from .prediction import predict_sources
 
-    classifier = Classifier(model_path, threshold)
+    classifier = Classifier(model_path, threshold).load()
     finder = None if whole_image else FaceFinder()
     max_bytes = int(max_upload_mb * 1024 * 1024)
     lock = threading.Lock()
@@ -65,6 +69,31 @@ def create_app(model_path=None, threshold=None, whole_image=False, max_upload_mb
 
     return Starlette(routes=[Route("/", index), Route("/api/predict", api_predict, methods=["POST"])],
                      exception_handlers={HTTPException: _json_error})
+
+
+def listen(host, port):
+    """A socket listening on host:port, opened before the model loads: a port in use fails at once, in one line."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait
+        sock.bind((host, port))
+        sock.listen()
+    except OSError as e:
+        sock.close()
+        raise FacesortError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def run_server(app, sock):
+    """Serve `app` on the listening socket until Ctrl+C, logging its address (the real port for port 0) as uvicorn
+    does when it opens the socket itself."""
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, host=host, port=port, server_header=False)  # sets up uvicorn's logging
+    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
+                                            f"[{host}]" if ":" in host else host, port)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 class _InMemoryParser(MultiPartParser):

@@ -1,5 +1,6 @@
 """facesort serve's API and page, through Starlette's test client: what `predict --json` says, and 4xx for bad input."""
 import io
+import socket
 import tempfile
 
 import pytest
@@ -171,5 +172,15 @@ def test_cli_serve_help_and_missing_model(cli, tmp_path):
     help_text = " ".join(cli("serve", "--help").output.split())
     assert "[default: 127.0.0.1]" in help_text and "[default: 8000; 0<=x<=65535]" in help_text
     assert "--max-upload-mb" in help_text and "[default: 20;" in help_text
-    result = cli("serve", "--model", tmp_path / "missing.pkl")
+    result = cli("serve", "--model", tmp_path / "missing.pkl", "--port", "0")
     assert result.exit_code == 1 and "model file not found" in result.output
+
+
+@pytest.mark.parametrize("command", [["serve"], ["review", ".", "--serve"]])
+def test_a_port_in_use_is_one_line_before_the_model_loads(cli, tmp_path, monkeypatch, command):
+    monkeypatch.setattr("sorter.model.ModelFile.__init__", lambda *a: pytest.fail("the model was opened"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = cli(*command, "--port", port, *(["--out", tmp_path / "review"] if "review" in command else []))
+    assert result.exit_code == 1
+    assert result.output == f"facesort: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"

@@ -1,11 +1,11 @@
 """`facesort clean`: relabel or trash the images a user marked in review.csv, all or nothing, undoable."""
 import click
 
-from . import EXIT_CODES, reports_errors
+from . import exit_codes, reports_errors
 from ..errors import FacesortError
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command(epilog=exit_codes())
 @click.argument("review_csv", required=False, type=click.Path(dir_okay=False))
 @click.option("--apply", "apply_", is_flag=True, help="Do it (without this, only show what would happen).")
 @click.option("--undo", "undo_log", type=click.Path(dir_okay=False),
@@ -18,10 +18,10 @@ def clean(review_csv, apply_, undo_log):
     Rows that cannot be done safely (unknown action, path outside DATA_DIR, file changed since the review, name
     taken) are listed and nothing changes. --apply writes an undo log; `clean --undo LOG --apply` reverses it.
     """
-    from ..cleaning import apply_plan, apply_undo, describe, plan_clean, plan_undo
-
     if bool(review_csv) == bool(undo_log):
         raise click.UsageError("give either REVIEW_CSV or --undo LOG")
+    from ..cleaning import apply_plan, apply_undo, describe, plan_clean, plan_undo
+
     if undo_log:
         _, pairs, refused = plan_undo(undo_log)
         lines = [f"restore: {target} -> {source}" for target, source in pairs]

@@ -4,10 +4,11 @@ import json
 
 import click
 
-from . import EXIT_CODES, batch_option, model_option, reports_errors, threshold_option, whole_image_option
+from . import (batch_option, exit_codes, model_option, reports_errors, require_folder, threshold_option,
+               whole_image_option)
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command(epilog=exit_codes())
 @click.argument("data_dir", type=click.Path(file_okay=False))
 @model_option
 @threshold_option
@@ -24,6 +25,7 @@ def evaluate(data_dir, model_path, threshold, whole_image, batch_size, group_dep
     Face-aware by default, like `facesort run`, so the figures are what `run` would do with these photos;
     --whole-image measures the tutorial's way, which is how the model saw its (face-crop) training images.
     """
+    require_folder(data_dir, "data folder")
     from ..evaluation import classify_labelled, evaluate as measure, format_text, plot as draw
     from ..inference import Classifier
 

@@ -3,11 +3,11 @@ import json
 
 import click
 
-from . import EXIT_CODES, batch_option, model_option, reports_errors, threshold_option, whole_image_option
+from . import batch_option, exit_codes, model_option, reports_errors, threshold_option, whole_image_option
 from ..labels import labels_text
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command(epilog=exit_codes({"3": "some image could not be read (its line says why)"}))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @model_option
 @threshold_option

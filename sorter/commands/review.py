@@ -4,11 +4,12 @@ from pathlib import Path
 
 import click
 
-from . import EXIT_CODES, batch_option, model_option, reports_errors, threshold_option
+from . import batch_option, exit_codes, model_option, reports_errors, require_folder, threshold_option
 from .serve import host_option, port_option
+from ..serve import listen, run_server
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command(epilog=exit_codes())
 @click.argument("data_dir", type=click.Path(file_okay=False))
 @model_option
 @threshold_option
@@ -36,13 +37,15 @@ def review(data_dir, model_path, threshold, faces, batch_size, top, out_dir, ser
     With --serve, a page at http://HOST:PORT/ shows the images as thumbnails, worst first, to keep, delete or
     relabel each with a click or a key (k/d/m/f/n), then apply and undo as `facesort clean` does. Stop with Ctrl+C.
     """
+    require_folder(data_dir, "data folder")
+    sock = listen(host, port) if serve_page else None  # a port in use says so before the model runs
     review_csv = Path(out_dir) / "review.csv"
     if serve_page and review_csv.exists():
         click.echo(f"{review_csv} exists: serving it with its decisions (delete it to rank the images again)", err=True)
     else:
         _write_review(data_dir, model_path, threshold, faces, batch_size, top, out_dir)
     if serve_page:
-        _serve(review_csv, data_dir, faces, host, port)
+        _serve(review_csv, data_dir, faces, host, sock)
 
 
 def _write_review(data_dir, model_path, threshold, faces, batch_size, top, out_dir):
@@ -59,9 +62,7 @@ def _write_review(data_dir, model_path, threshold, faces, batch_size, top, out_d
         click.echo(f"wrote {path}")
 
 
-def _serve(review_csv, data_dir, faces, host, port):
-    import uvicorn
-
+def _serve(review_csv, data_dir, faces, host, sock):
     from ..review_server import create_app
 
     finder = None
@@ -71,4 +72,4 @@ def _serve(review_csv, data_dir, faces, host, port):
         finder = FaceFinder()
     app = create_app(review_csv, data_dir, finder, loopback=host in ("127.0.0.1", "localhost"))
     click.echo(f"every decision made on the page is saved to {review_csv} at once", err=True)
-    uvicorn.run(app, host=host, port=port, server_header=False)
+    run_server(app, sock)

@@ -1,9 +1,8 @@
 """`facesort serve`: the web page to upload photos and see their labels (the tutorial's Voila app)."""
 import click
 
-from . import model_option, reports_errors, threshold_option, whole_image_option
-from ..serve import MAX_UPLOAD_MB
-
+from . import exit_codes, model_option, reports_errors, threshold_option, whole_image_option
+from ..serve import MAX_UPLOAD_MB, listen, run_server
 
 host_option = click.option("--host", default="127.0.0.1", show_default=True,
                            help="Address to listen on. 0.0.0.0 lets other machines in: there is no login, so only on "
@@ -12,7 +11,8 @@ port_option = click.option("--port", default=8000, show_default=True, type=click
                            help="Port to listen on (0: any free port, printed at start).")
 
 
-@click.command()
+@click.command(epilog=exit_codes({"0": "stopped with Ctrl+C",
+                                   "1": "fatal error (one line): port in use, model missing or unloadable"}))
 @model_option
 @threshold_option
 @whole_image_option
@@ -26,9 +26,7 @@ def serve(model_path, threshold, whole_image, host, port, max_upload_mb):
 
     Uploads are processed in memory and never stored. Stop with Ctrl+C.
     """
-    import uvicorn
-
     from ..serve import create_app
 
-    app = create_app(model_path, threshold, whole_image, max_upload_mb)
-    uvicorn.run(app, host=host, port=port, server_header=False)
+    sock = listen(host, port)  # a port in use says so at once, not after loading the model
+    run_server(create_app(model_path, threshold, whole_image, max_upload_mb), sock)
