@@ -31,11 +31,12 @@ class FaceFinder:
     """MTCNN on the CPU, fed downscaled copies; crops come from the full decoded image."""
 
     def __init__(self, min_face=MIN_FACE, detect_side=DETECT_SIDE):
+        mtcnn = _mtcnn_class()  # first: without facenet-pytorch, say so before importing torch
         import torch
 
         self.detect_side = detect_side
-        self.mtcnn = _mtcnn_class()(keep_all=True, min_face_size=min_face, thresholds=list(STAGE_THRESHOLDS),
-                                    device="cpu", select_largest=False)
+        self.mtcnn = mtcnn(keep_all=True, min_face_size=min_face, thresholds=list(STAGE_THRESHOLDS), device="cpu",
+                           select_largest=False)
         self.use_memory_format(torch.channels_last)
 
     def use_memory_format(self, memory_format):
