@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from sorter.cleaning import plan_clean
 from sorter.discover import TRASH_DIR
+from sorter.faces import Faces
 from sorter.report import read_rows
 from sorter.review_server import create_app
 from sorter.thumbnails import SIDE, Thumbnails
@@ -155,6 +156,22 @@ def test_thumbnail_cache_is_bounded_and_reused(reviewed, monkeypatch):
         thumbnails.get(key, paths[key])
     assert made == ["female_0.jpg", "male_1.jpg", "male_0.jpg", "male_1.jpg"]  # 1 was evicted by 2, then 0 kept
     assert len(thumbnails.cache) == 2
+
+
+def test_face_aware_thumbnails_box_the_faces_found(reviewed):
+    class OneFace:  # a face finder that finds the middle of any image
+        def find(self, images):
+            width, height = images[0].size
+            return [Faces(boxes=[[width // 4, height // 4, 3 * width // 4, 3 * height // 4]])]
+
+    path = reviewed[0] / ROWS[0][0]
+    with Image.open(io.BytesIO(Thumbnails(OneFace()).make(path))) as boxed, \
+            Image.open(io.BytesIO(Thumbnails().make(path))) as plain:
+        assert boxed.size == plain.size
+        x, y = boxed.width // 4, boxed.height // 2  # on the box's left edge: yellow, not the photo's red
+        r, g, b = boxed.getpixel((x, y))
+        assert r > 200 and g > 160 and b < 90, (r, g, b)
+        assert plain.getpixel((x, y))[1] < 100
 
 
 def test_apply_and_undo_are_clean_s_own(client, reviewed):
