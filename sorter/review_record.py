@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from .archs import sha256_of
+from .hashing import sha256_of
 from .cleaning import ACTIONS, apply_plan, apply_undo, describe, inside, plan_clean, read_review, reviewed_file
 from .discover import TRASH_DIR
 from .errors import FacesortError

@@ -6,7 +6,7 @@ depend on no network's answers.
 from pathlib import Path
 
 from conftest import make_photo
-from sorter.archs import sha256_of
+from sorter.hashing import sha256_of
 from sorter.report import write_report
 from sorter.review import COLUMNS
 

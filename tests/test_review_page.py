@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from sorter.cleaning import plan_clean
 from sorter.discover import TRASH_DIR
 from sorter.faces import Faces
-from sorter.report import read_rows
+from sorter.report import read_rows, write_report
 from sorter.review_server import create_app
 from sorter.thumbnails import SIDE, Thumbnails
 
@@ -134,6 +134,21 @@ def test_spreadsheet_edits_made_while_serving_are_kept(client, reviewed):
                                                                    "web/neither/neither_1.jpg": "delete"}
 
 
+def test_ten_thousand_rows_are_paged_and_a_decision_rewrites_them_all(reviewed):
+    review_csv = reviewed[1]
+    [first, *_] = read_rows(review_csv)
+    many = [{**first, "rank": rank, "path": f"web/female/missing_{rank}.jpg"} for rank in range(1, 10_000)]
+    write_report(review_csv, many + [first], list(first))
+    app = create_app(review_csv)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        last = rows(client, offset=9_984)
+        assert last["total"] == 10_000 and len(last["rows"]) == 16 and last["rows"][-1]["id"] == 9_999
+        assert decide(client, 9_999, "delete").status_code == 200  # the one row whose file exists
+    after = read_rows(review_csv)
+    assert len(after) == 10_000 and [row["path"] for row in after[:3]] == [row["path"] for row in many[:3]]
+    assert [row["action"] for row in after].count("delete") == 1 and after[-1]["action"] == "delete"
+
+
 def test_thumbnails_are_small_jpegs_made_once(client, reviewed):
     page = rows(client)["rows"]
     response = client.get(f"/thumb/0?sha256={page[0]['sha256']}")
@@ -239,5 +254,6 @@ def test_page_loads_nothing_else_and_its_policy_is_strict(client):
 
 
 def test_serving_a_review_of_another_folder_is_refused(cli, reviewed, tmp_path):
-    result = cli("review", tmp_path / "elsewhere", "--out", reviewed[1].parent, "--serve")
+    (tmp_path / "elsewhere").mkdir()
+    result = cli("review", tmp_path / "elsewhere", "--out", reviewed[1].parent, "--serve", "--port", "0")
     assert result.exit_code == 1 and "reviews " in result.output and "choose another --out" in result.output
