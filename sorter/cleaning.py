@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from .discover import TRASH_DIR
+from .durable import write_json_durably
 from .errors import FacesortError
 from .hashing import sha256_of
 from .labels import LABEL_FOLDERS, folder_label
@@ -142,7 +143,7 @@ def apply_plan(plan, review_csv):
            "applied": datetime.now().isoformat(timespec="seconds"), "undone": None,
            "moves": [vars(move) for move in plan.moves]}
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_log(log_path, log)  # first: a crash part-way still leaves a record of what may have moved
+    write_json_durably(log_path, log)  # first: a crash part-way still leaves a record of what may have moved
     try:
         move_all(plan.data_dir, [(m.source, m.target) for m in plan.moves])
     except FacesortError:
@@ -196,16 +197,8 @@ def apply_undo(log_path):
     move_all(data_dir, pairs)
     log = json.loads(Path(log_path).read_text())
     log["undone"] = datetime.now().isoformat(timespec="seconds")
-    _write_log(log_path, log)
+    write_json_durably(log_path, log)
     return len(pairs)
-
-
-def _write_log(log_path, log):
-    """Write an undo log atomically. Training's writer is imported here, not at the top: training imports torch
-    and fastai (20 s here), which planning a clean and the review page (sorter.review_server) otherwise need not."""
-    from .training import write_json_atomic
-
-    write_json_atomic(log_path, log)
 
 
 def describe(move):

@@ -15,6 +15,7 @@ from pathlib import Path
 from .hashing import sha256_of
 from .cleaning import ACTIONS, apply_plan, apply_undo, describe, inside, plan_clean, read_review, reviewed_file
 from .discover import TRASH_DIR
+from .durable import replace_durably
 from .errors import FacesortError
 from .report import write_report
 
@@ -123,18 +124,7 @@ class ReviewRecord:
     def _save(self):
         """Rewrite the CSV atomically and durably: once this returns, a crash or kill cannot lose the decision."""
         tmp = self.path.with_name(f".{self.path.name}.saving")
-        write_report(tmp, self.rows, self.columns)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        folder = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        replace_durably(write_report(tmp, self.rows, self.columns), self.path)
         self._signature = self._stat()
 
     def _follow_file(self):
