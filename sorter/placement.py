@@ -26,7 +26,8 @@ def target_path(out_dir, folder, rel_path):
 
 
 def place_copy(source, target, listed=None):
-    """Copy `source` to `target` so that `target` is either absent, the old file, or the whole new file.
+    """Copy `source` to `target` so that `target` is either absent, the old file, or the whole new file (on disk:
+    a power cut cannot leave it empty once `sync_folders` has made the rename durable too).
 
     With `listed` (the source's stat when INPUT was listed), a source changed since is not copied: what was
     classified might not be what would be copied. Returns the sha256 of the bytes copied. A problem with this file
@@ -41,7 +42,6 @@ def place_copy(source, target, listed=None):
             digest = _copy(src, fd, tmp)
             _check_unchanged(src, listed)
             os.replace(tmp, target)
-            _fsync_folder(target.parent)
         except BaseException as e:
             if tmp:
                 with contextlib.suppress(OSError):
@@ -83,13 +83,19 @@ def _copy(src, fd, tmp):
     return digest.hexdigest()
 
 
-def _fsync_folder(folder):
-    """Make a rename in `folder` durable, before the state records the copy."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def sync_folders(out_dir, targets):
+    """Make the renames (and new folders) that placed `targets` durable: once per chunk, before the state records
+    its copies: syncing them after each copy took 13 instead of 5 ms per photo here (README)."""
+    folders = {parent for target in targets for parent in target.parents if parent.is_relative_to(out_dir)}
+    for folder in sorted(folders):
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise stopping_write_error(e, folder) or FacesortError(f"cannot sync {folder}: {e.strerror}") from None
 
 
 def remove_copy(out_dir, folder, rel_path):

@@ -23,7 +23,7 @@ from .images import ImageError, load_image
 from .inference import BATCH_SIZE, available_cpus, model_threads, torch_threads
 from .labels import labels_text
 from .placement import (check_folders, check_writable, destinations, place_copy, remove_copy,
-                        sweep_temporary_files, target_path)
+                        sweep_temporary_files, sync_folders, target_path)
 from .prediction import decode_side, predict_images
 from .report import display_path, write_report
 from .state import OutputLock, State
@@ -294,13 +294,16 @@ class Output:
         self.state.set_listing_failures(unreadable)
 
     def commit(self, rows, classifier, opts):
-        """Journal the chunk's copies, place the new ones, then record the chunk in one transaction."""
+        """Journal the chunk's copies, place the new ones and sync them to disk, then record the chunk in one
+        transaction."""
         if self.dry_run:
             return
         self.state.intend({row["_rel"]: _touched(row) for row in rows if row["status"] == "sorted"})
         for row in rows:
             if row["status"] == "sorted":
                 self._place(row)
+        sync_folders(self.out_dir, [target_path(self.out_dir, folder, row["_rel"]) for row in rows
+                                    if row["status"] == "sorted" for folder in row["_destinations"]])
         self.state.record([_state_row(row, classifier, opts) for row in rows])
 
     def _place(self, row):

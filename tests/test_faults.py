@@ -15,6 +15,7 @@ from conftest import make_photo, permission_bits_enforced
 import sorter.placement
 import sorter.sorting
 from sorter.placement import TMP_PREFIX
+from sorter.state import State
 
 COMMENT = bytes(range(256)) * 250  # 64,000 bytes in each photo's JPEG comment: a few photos fill a small disk
 
@@ -98,6 +99,29 @@ def test_disk_full_injected(cli, colour_model, photos, tmp_path, monkeypatch):
     assert_stopped_by_full_disk(result)
     assert leftovers(out) == [] and not Path(calls[2]).exists()
     assert len(copies(out)) == 2
+
+
+def test_copies_and_their_folders_reach_the_disk_before_the_record(cli, colour_model, photos, tmp_path,
+                                                                   monkeypatch):
+    """After a power cut the record never lists a copy that is empty or missing: each copy is fsync'ed before its
+    rename, and its folders (new ones included) after, before its chunk is recorded."""
+    events, real_fsync, real_replace, real_record = [], os.fsync, os.replace, State.record
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or
+                        real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda src, dst: events.append(("rename", str(src), str(dst))) or
+                        real_replace(src, dst))
+    monkeypatch.setattr(State, "record", lambda state, rows=(), forget=(): events.append(
+        ("record", {row["rel"] for row in rows})) or real_record(state, rows, forget))
+    out = (tmp_path / "out").resolve()
+    result = cli("run", photos, "--out", out, "--model", colour_model, "--whole-image", "--chunk-size", "2")
+    assert result.exit_code == 0, result.output
+    for folder_and_rel, copy in copies(out).items():
+        rel = folder_and_rel.relative_to(folder_and_rel.parts[0]).as_posix()
+        [(renamed, tmp)] = [(i, e[1]) for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(copy)]
+        recorded = next(i for i, e in enumerate(events) if e[0] == "record" and rel in e[1])
+        assert ("fsync", tmp) in events[:renamed], f"{copy} renamed before it was on disk"
+        synced = {event[1] for event in events[renamed:recorded] if event[0] == "fsync"}
+        assert {str(folder) for folder in copy.parents if folder.is_relative_to(out)} <= synced, copy
 
 
 def assert_stopped_by_full_disk(result):
