@@ -107,6 +107,8 @@ class ReviewRecord:
     def _row(self, row_id, sha256):
         if type(row_id) is not int or not 0 <= row_id < len(self.rows):
             raise Refused(f"no row {row_id!r} in this review", 404)
+        if not isinstance(sha256, str):
+            raise Refused("name the row by its id and the sha256 the page showed", 400)
         if self.rows[row_id]["sha256"] != sha256:
             raise Refused("review.csv was rewritten since the page loaded: reload the page")
         return self.rows[row_id]

@@ -1,5 +1,6 @@
 """facesort serve end to end in a real headless Chromium: pick photos, drop one, read the labels on the page."""
 import base64
+import contextlib
 import os
 import re
 import subprocess
@@ -65,6 +66,20 @@ def _wait_for_url(process, log_path, timeout=180):
     raise AssertionError(f"facesort serve did not start in {timeout} s:\n{log_path.read_text()}")
 
 
+@contextlib.contextmanager
+def chromium_page(viewport):
+    """A page in headless Chromium; yields (page, URLs it requested, script errors and CSP refusals it logged)."""
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=viewport)
+        requests, problems = [], []
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        yield page, requests, problems
+        browser.close()
+
+
 def test_upload_through_the_page_shows_labels(server, tmp_path):
     blue = make_photo(tmp_path / "upload" / "blue.jpg", "male", seed=3, size=(320, 240))
     red = make_photo(tmp_path / "upload" / "red.jpg", "female", seed=5, size=(240, 320))
@@ -74,13 +89,7 @@ def test_upload_through_the_page_shows_labels(server, tmp_path):
     expected = {r["path"]: r for r in api["results"]}
     assert [expected[p.name]["labels"] for p in (blue, red)] == [["male"], ["female"]]
 
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 700})
-        requests, problems = [], []
-        page.on("request", lambda request: requests.append(request.url))
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    with chromium_page({"width": 1000, "height": 700}) as (page, requests, problems):
         expected_problem = "the server responded with a status of 422"  # notes.txt, shown on its card
         page.goto(server)
         page.set_input_files("#picker", [blue, notes])
@@ -92,7 +101,6 @@ def test_upload_through_the_page_shows_labels(server, tmp_path):
         page.set_viewport_size(PHONE)
         phone_width = page.evaluate("document.documentElement.scrollWidth")
         page.screenshot(path=tmp_path / "serve-phone.png", full_page=True)
-        browser.close()
 
     for photo in (blue, red):
         card, result = cards[photo.name], expected[photo.name]

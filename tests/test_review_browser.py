@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from review_data import reviewed_folder
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _wait_for_url
+from test_browser import CHROMIUM, _wait_for_url, chromium_page
 
 from sorter.discover import TRASH_DIR
 from sorter.report import read_rows
@@ -41,13 +41,7 @@ def test_decide_with_keys_reload_apply_and_undo(tmp_path):
     port = free_port()
     process, url = start(data, review_csv, port, tmp_path / "serve.log")
     try:
-        with playwright_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            requests, problems = [], []
-            page.on("request", lambda request: requests.append(request.url))
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        with chromium_page({"width": 1280, "height": 900}) as (page, requests, problems):
             expect, cards = playwright_api.expect, page.locator(".card")
             page.goto(url)
             expect(cards).to_have_count(6)
@@ -84,7 +78,6 @@ def test_decide_with_keys_reload_apply_and_undo(tmp_path):
             expect(page.locator("#status")).to_have_text("undone: 2 files moved back")
             assert (data / "web/female/female_0.jpg").is_file() and (data / "web/male/male_1.jpg").is_file()
             assert not (data / "web/male/female_0.jpg").exists()
-            browser.close()
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -87,6 +87,7 @@ def test_the_page_s_decisions_are_what_clean_reads(client, reviewed):
     ({"id": "web/male/male_0.jpg", "action": "delete"}, 404, "no row 'web/male/male_0.jpg'"),
     ({"path": "web/male/male_0.jpg", "action": "delete"}, 404, "no row None"),
     ({"id": 0, "action": "delete", "sha256": "0" * 64}, 409, "rewritten since the page loaded"),
+    ({"id": 0, "action": "delete", "sha256": None}, 400, "the sha256 the page showed"),
 ])
 def test_bad_decisions_are_refused_and_change_nothing(client, reviewed, body, status, reason):
     before = reviewed[1].read_bytes()
