@@ -1,5 +1,6 @@
 """facesort run: copies in the right folders, the CSV report, bad files, INPUT untouched."""
 import csv
+import subprocess
 
 import pytest
 from conftest import make_photo, tree_digest
@@ -117,6 +118,21 @@ def test_input_inside_out_is_refused_before_any_work(cli, colour_model, photos, 
     assert result.output == (f"facesort: error: the input folder {in_arg} is inside the output folder {out_arg}: a "
                              "run would write into it; choose an output folder outside the input folder\n")
     assert tree_digest(out) == before
+
+
+def test_input_inside_out_through_a_bind_mount_is_refused(cli, colour_model, photos, tmp_path):
+    out, bind = tmp_path / "out", tmp_path / "bind"
+    bind.mkdir()
+    out.mkdir()
+    photos.rename(out / "male")
+    mounted = subprocess.run(["mount", "--bind", str(out), str(bind)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({mounted.stderr.strip() or 'not root'})")
+    try:
+        result = cli("run", bind / "male", "--out", out, "--model", colour_model, "--whole-image")
+    finally:
+        subprocess.run(["umount", str(bind)], check=True)
+    assert result.exit_code == 1 and "is inside the output folder" in result.output
 
 
 def test_a_report_inside_input_is_refused(cli, colour_model, photos, tmp_path):
