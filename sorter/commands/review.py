@@ -14,7 +14,8 @@ from ..serve import listen, run_server
 @model_option
 @threshold_option
 @click.option("--faces", is_flag=True,
-              help="Classify each face, as `run` does, instead of the whole image as training sees it.")
+              help="Classify each face, as `run` does, instead of the whole image as training sees it (with "
+                   "--serve: box the faces found on the thumbnails).")
 @batch_option
 @click.option("--top", default=200, show_default=True, type=click.IntRange(0),
               help="How many of the worst images to list (0: all).")
