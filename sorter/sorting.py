@@ -226,13 +226,13 @@ def _log_failures(rows, report, events):
     """Name this run's failures in the log, where the nightly wrapper's mail finds them."""
     failed = [row for row in rows if row["status"] == "error" and not row.get("_known")]
     for row in failed[:LOGGED_FAILURES]:
-        events.log(f"failed: {_printable(row['path'])}: {row['error']}")
+        events.log("failed: " + _printable(f"{row['path']}: {row['error']}"))
     if len(failed) > LOGGED_FAILURES:
         events.log(f"failed: {len(failed) - LOGGED_FAILURES} more, listed in {report}")
 
 
 def _printable(text):
-    """A file name fit for one log line: newlines and control characters escaped."""
+    """Text fit for one log line (and a mail): newlines and control characters in file names escaped."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 

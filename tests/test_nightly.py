@@ -549,8 +549,8 @@ def test_nightly_wrapper_logs_plain_lines_names_failures_and_passes_the_exit_sta
     """The night a file breaks, the mail names it; a good night is silent; a missing INPUT mails exit 5. The
     runs write nothing in the working folder, INPUT or beside the model, and elsewhere only the caches that
     importing fastai makes (matplotlib's font list, torch's empty inductor folder)."""
-    good = make_photo(photos / "broken.jpg", "male").read_bytes()
-    (photos / "broken.jpg").write_bytes(good[: len(good) // 2])
+    good = make_photo(photos / "broken\n.jpg", "male").read_bytes()  # a newline in its name: still one line
+    (photos / "broken\n.jpg").write_bytes(good[: len(good) // 2])
     out, logs, home, scratch, cwd = (tmp_path / name for name in ("out", "logs", "home", "tmp", "cwd"))
     for folder in (home, scratch, cwd):
         folder.mkdir()
@@ -569,7 +569,7 @@ def test_nightly_wrapper_logs_plain_lines_names_failures_and_passes_the_exit_sta
 
     broken = night()
     assert broken.returncode == 3, broken.stderr
-    assert "\nfailed: broken.jpg: corrupt or truncated image" in broken.stderr
+    assert "\nfailed: broken\\n.jpg: corrupt or truncated image" in broken.stderr
     [log] = logs.glob("facesort-*.log")
     text = log.read_text()
     assert "\x1b" not in text and "sorted=7" in text
