@@ -1,8 +1,10 @@
 """Fine-tuning a pretrained CNN on labelled folders, the fastai tutorial's multi-label recipe."""
 import io
 import json
+import math
 import os
 import random
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -12,8 +14,9 @@ from pathlib import Path
 import torch
 
 from fastai.vision.all import (
-    BCEWithLogitsLossFlat, DataBlock, FuncSplitter, ImageBlock, MultiCategoryBlock, PILImage, ProgressCallback,
-    RandomResizedCrop, RandomSplitter, RandTransform, accuracy_multi, aug_transforms, set_seed, vision_learner,
+    BCEWithLogitsLossFlat, Callback, DataBlock, FuncSplitter, ImageBlock, MultiCategoryBlock, PILImage,
+    ProgressCallback, RandomResizedCrop, RandomSplitter, RandTransform, accuracy_multi, aug_transforms, progress_bar,
+    set_seed, vision_learner,
 )
 from PIL import Image, ImageOps
 
@@ -144,8 +147,7 @@ def train(data_dir, model_path, opts=None, log=print):
         data_dir = _crop_first(data_dir, opts, log)
     items = find_training_images(data_dir, log)
     dls = make_dataloaders(items, opts, Path(data_dir))
-    if not len(dls.valid_ds):
-        raise FacesortError("the validation split is empty: add images or raise --valid-pct")
+    fit_batch_size(dls, log)
     log(f"training {opts.arch} on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)}")
     learn = vision_learner(dls, arch, pretrained=opts.pretrained, metrics=accuracy_multi,
                            loss_func=BCEWithLogitsLossFlat())
@@ -154,16 +156,79 @@ def train(data_dir, model_path, opts=None, log=print):
     if not opts.progress_bars:
         learn.remove_cb(ProgressCallback)
         learn.logger = _EpochLog(log)
-    lr = opts.lr or learn.lr_find(show_plot=False).valley
+    lr = opts.lr or find_lr(learn, opts.progress_bars, log)
     log(f"learning rate {lr:.2g}" + ("" if opts.lr else " (lr_find)"))
     learn.fine_tune(opts.epochs, base_lr=lr, freeze_epochs=opts.freeze_epochs)
     learn.logger = print  # the learner is pickled on export: keep only picklable attributes
     probs, targets = validation_preds(learn)
+    refuse_non_finite(learn, probs)
     threshold = best_threshold(probs, targets)
     metrics = label_metrics(probs, targets, threshold)
     metrics.update(arch=opts.arch, size=opts.size, train_images=len(dls.train_ds), valid_images=len(dls.valid_ds))
     export(learn, model_path, threshold, metrics)
     return metrics
+
+
+MIN_TRAIN_IMAGES = 2  # a batch norm in training mode needs two images in its batch
+
+
+def fit_batch_size(dls, log):
+    """Refuse a split too small to train and validate on; shrink the batch to a smaller training split.
+
+    fastai drops a last incomplete training batch: with fewer images than the batch size, an epoch had no batch at
+    all, lr_find divided by zero and training exported a model that had learnt nothing (train_loss=nan).
+    """
+    train_images, valid_images = len(dls.train_ds), len(dls.valid_ds)
+    if train_images < MIN_TRAIN_IMAGES or not valid_images:
+        raise FacesortError(f"too few images to train and validate on: {train_images} for training and "
+                            f"{valid_images} for validation (at least {MIN_TRAIN_IMAGES} and 1): add images"
+                            + ("" if valid_images else " or raise --valid-pct"))
+    if dls.train.bs > train_images:
+        log(f"batch size {dls.train.bs} is more than the {train_images} training images: using {train_images}")
+        dls.train.bs = train_images
+
+
+class _PhaseBar(Callback):
+    """One bar over lr_find's mock training, named for it: under fastai's own bar it read 'Epoch 1/51 … 51/51'."""
+
+    order = ProgressCallback.order
+
+    def __init__(self, phase, total):
+        self.phase, self.total = phase, total
+
+    def before_fit(self):
+        self.bar = progress_bar(range(self.total), leave=False)
+        self.bar.prefix = self.phase  # on a terminal: "finding a learning rate |████------| 40.00% [40/100 …]"
+        self.bar.update(0)
+
+    def after_batch(self):
+        self.bar.update(min(self.train_iter, self.total))
+
+    def after_fit(self):
+        self.bar.on_iter_end()
+
+
+def find_lr(learn, progress_bars, log, iterations=100):
+    """lr_find's suggested learning rate. Its mock training first saves the model under learn.path (by default the
+    current folder): here a temporary folder, removed however lr_find ends."""
+    log(f"finding a learning rate (lr_find: up to {iterations} batches)")
+    home = learn.path
+    with tempfile.TemporaryDirectory(prefix="facesort-train-") as scratch, learn.no_bar(), \
+            learn.added_cbs([_PhaseBar("finding a learning rate", iterations)] if progress_bars else []):
+        learn.path = Path(scratch)
+        try:
+            return learn.lr_find(num_it=iterations, show_plot=False).valley
+        finally:
+            learn.path = home
+
+
+def refuse_non_finite(learn, probs):
+    """Never export a model whose loss is not finite: it diverged, or learnt nothing."""
+    losses = dict(zip(("train_loss", "valid_loss"), learn.recorder.values[-1] if learn.recorder.values else []))
+    if not all(math.isfinite(v) for v in losses.values()) or not torch.isfinite(torch.as_tensor(probs)).all():
+        shown = " ".join(f"{name}={value:.4g}" for name, value in losses.items())
+        raise FacesortError(f"training failed: the loss is not finite ({shown or 'NaN predictions'}); no model "
+                            "written (try a lower --lr)")
 
 
 def _start_from(learn, opts):

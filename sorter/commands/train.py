@@ -1,13 +1,16 @@
 """`facesort train`: fine-tune a model on labelled folders and export it."""
 import json
+import signal
+import sys
+from contextlib import contextmanager
 
 import click
 
-from . import EXIT_CODES, reports_errors
+from . import exit_codes, reports_errors
 from ..console import is_terminal, print_table
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command(epilog=exit_codes({"130/143": "stopped by SIGINT/SIGTERM: no model written, scratch files removed"}))
 @click.argument("data_dir", type=click.Path(file_okay=False))
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the exported model (.pkl); metrics go beside it (.metrics.json).")
@@ -18,10 +21,12 @@ from ..console import is_terminal, print_table
 @click.option("--freeze-epochs", default=1, show_default=True, type=click.IntRange(0),
               help="Epochs training the head only first.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate. Default: lr_find's.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1),
+              help="Images per training batch (at most the training images).")
 @click.option("--valid-pct", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Random validation share (ignored when DATA_DIR has valid/ folders).")
-@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--seed", default=42, show_default=True, type=int,
+              help="Random seed: the validation split, augmentations and initial weights.")
 @click.option("--no-pretrained", is_flag=True, help="Train from random weights (no ImageNet weights needed).")
 @click.option("--crop-faces", "crop_faces_to", type=click.Path(file_okay=False),
               help="First crop DATA_DIR's faces with the face detector into this new folder (10% of images held "
@@ -50,7 +55,8 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
                         init_from=init_from, workers=workers,
                         progress_bars=is_terminal() and not as_json)
-    metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json))
+    with signals_stop_training():
+        metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json))
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
@@ -62,3 +68,16 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
         *[(f"predicted_{k}", v) for k, v in metrics["predicted"].items()],
     ])
     click.echo(f"model written to {model_path}")
+
+
+@contextmanager
+def signals_stop_training():
+    """SIGINT and SIGTERM (cron's kill) unwind training like an error, so its scratch files are removed and no model
+    is written; exit 130/143. The previous handlers come back after (tests run this in the test process)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: sys.exit(128 + signum)) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
