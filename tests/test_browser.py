@@ -16,6 +16,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PHONE = {"width": 390, "height": 844}
+LOADED = 180  # seconds to wait for an answer: generous, for a loaded machine (httpx's own default is 5 s)
 
 playwright_api = pytest.importorskip("playwright.sync_api",
                                      reason="Playwright is not installed: pip install -e '.[test]'")
@@ -55,7 +56,7 @@ def server(colour_model, tmp_path):
         process.wait(timeout=30)
 
 
-def _wait_for_url(process, log_path, timeout=180):
+def _wait_for_url(process, log_path, timeout=LOADED):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = re.search(r"Uvicorn running on (http://\S+)", log_path.read_text())
@@ -85,7 +86,8 @@ def test_upload_through_the_page_shows_labels(server, tmp_path):
     red = make_photo(tmp_path / "upload" / "red.jpg", "female", seed=5, size=(240, 320))
     notes = tmp_path / "upload" / "notes.txt"
     notes.write_text("a shopping list, not a photo\n")
-    api = httpx.post(server + "api/predict", files=[("file", (p.name, p.read_bytes())) for p in (blue, red)]).json()
+    api = httpx.post(server + "api/predict", files=[("file", (p.name, p.read_bytes())) for p in (blue, red)],
+                     timeout=LOADED).json()
     expected = {r["path"]: r for r in api["results"]}
     assert [expected[p.name]["labels"] for p in (blue, red)] == [["male"], ["female"]]
 
@@ -95,7 +97,7 @@ def test_upload_through_the_page_shows_labels(server, tmp_path):
         page.set_input_files("#picker", [blue, notes])
         page.evaluate(DROP, [red.name, base64.b64encode(red.read_bytes()).decode()])
         # locators, not wait_for_function: the page's CSP forbids the eval() that one would need
-        playwright_api.expect(page.locator(".card:not([data-state=pending])")).to_have_count(3, timeout=60_000)
+        playwright_api.expect(page.locator(".card:not([data-state=pending])")).to_have_count(3, timeout=LOADED * 1000)
         cards = {card["name"]: card for card in page.evaluate(CARDS)}
         page.screenshot(path=tmp_path / "serve-desktop.png", full_page=True)
         page.set_viewport_size(PHONE)
