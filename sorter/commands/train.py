@@ -15,8 +15,10 @@ from ..console import is_terminal, print_table
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the exported model (.pkl); metrics go beside it (.metrics.json).")
 @click.option("--arch", default="mobilenet_v2", show_default=True,
-              type=click.Choice(["mobilenet_v2", "resnet18", "resnet34"]), help="Pretrained CNN to fine-tune.")
-@click.option("--size", default=128, show_default=True, type=click.IntRange(32), help="Image side in pixels.")
+              type=click.Choice(["mobilenet_v2", "resnet18", "resnet34", "dlib_gender"]),
+              help="Pretrained CNN to fine-tune: an ImageNet one, or dlib's face-trained gender network.")
+@click.option("--size", type=click.IntRange(32),
+              help="Image side in pixels. [default: 32 for dlib_gender, else 128]")
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(0), help="Epochs with all layers.")
 @click.option("--freeze-epochs", default=1, show_default=True, type=click.IntRange(0),
               help="Epochs training the head only first.")
@@ -39,11 +41,17 @@ from ..console import is_terminal, print_table
               help="Share of training images turned black-and-white, for black-and-white photos.")
 @click.option("--init-from", type=click.Path(dir_okay=False),
               help="Start from this exported model's weights (same --arch), e.g. to fine-tune the bundled model.")
+@click.option("--groups", type=click.Path(dir_okay=False),
+              help="Metadata CSV (a `file` column relative to DATA_DIR, and columns such as age_band, race): "
+                   "validation is reported per group, and --balance weighs by them.")
+@click.option("--balance", is_flag=True,
+              help="Draw training images so that each label, and each group within it, weighs fairly.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted training from its last epoch (same options).")
 @click.option("--workers", type=click.IntRange(0), help="Processes loading images (and cropping faces). [default: 2]")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation metrics as JSON.")
 @reports_errors
 def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_size, valid_pct, seed, no_pretrained,
-          crop_faces_to, per_folder, degrade, grey, init_from, workers, as_json):
+          crop_faces_to, per_folder, degrade, grey, init_from, groups, balance, resume, workers, as_json):
     """Train on DATA_DIR, where each image's label is the nearest folder named male, female or neither.
 
     The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
@@ -53,10 +61,10 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
     opts = TrainOptions(arch=arch, size=size, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr,
                         batch_size=batch_size, valid_pct=valid_pct, seed=seed, pretrained=not no_pretrained,
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
-                        init_from=init_from, workers=workers,
+                        init_from=init_from, groups=groups, balance=balance, workers=workers,
                         progress_bars=is_terminal() and not as_json)
     with signals_stop_training():
-        metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json))
+        metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json), resume=resume)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
