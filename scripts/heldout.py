@@ -36,7 +36,7 @@ from sorter.labels import folder_label, labels_text  # noqa: E402
 from sorter.splits import split_of  # noqa: E402
 
 RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Other"}
-AGES = ((13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
+AGES = ((0, 12, "3-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
 PEER_SCRIPT = Path(__file__).with_name("heldout_peer.py")
 
 
@@ -51,10 +51,11 @@ def held_out(data_dir):
 
 
 def subgroups(path):
-    """Source, and for UTKFace race and age group, from the file name age_gender_race_date.jpg.chip.jpg."""
-    groups = {"source": "utk" if "faces-utk" in path.parts else "web"}
+    """Source (the faces-* folder), and for UTKFace race and age group, from the file name
+    age_gender_race_date.jpg.chip.jpg."""
+    groups = {"source": next((part for part in path.parts if part.startswith("faces-")), "other")}
     parts = path.name.split("_")
-    if groups["source"] == "utk" and len(parts) > 3 and parts[0].isdigit():
+    if groups["source"].startswith("faces-utk") and len(parts) > 3 and parts[0].isdigit():
         age = int(parts[0])
         groups["race"] = RACES.get(parts[2], "unknown")
         groups["age"] = next(name for low, high, name in AGES if low <= age <= high)

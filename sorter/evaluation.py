@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import FacesortError
 from .faces import FaceFinder
+from .groups import fairness, format_fairness, image_key
 from .inference import BATCH_SIZE
 from .labels import VOCAB, folder_label, label_set
 from .metrics import OUTCOMES, label_metrics
@@ -56,8 +57,9 @@ def _scored(data_dir, result):
                   np.array([result["probs"].get(label, np.nan) for label in VOCAB]), result["faces"], result["error"])
 
 
-def evaluate(scored, threshold, group_depth=2):
-    """All numbers `facesort evaluate` reports, JSON-ready: metrics at `threshold`, per folder, per threshold."""
+def evaluate(scored, threshold, group_depth=2, groups=None):
+    """All numbers `facesort evaluate` reports, JSON-ready: metrics at `threshold`, per folder, per threshold, and
+    `fairness` per group of people (women vs men, and a `sorter.groups.Groups` CSV's groups when given)."""
     readable = [s for s in scored if not s.error]
     if not readable:
         raise FacesortError("none of the labelled images could be read")
@@ -69,6 +71,8 @@ def evaluate(scored, threshold, group_depth=2):
     result["faces_missed"] = sum(s.faces == 0 for s in readable if s.target.any())  # male/female, no face found
     result["groups"] = _groups(readable, probs, targets, threshold, group_depth)
     result["sweep"] = sweep(probs, targets, threshold)
+    right = ((probs >= threshold) == targets).all(axis=1)  # a NaN (no face) is below every threshold: neither
+    result["fairness"] = fairness([(image_key(s.rel), s.label, ok) for s, ok in zip(readable, right)], groups)
     return result
 
 
@@ -124,6 +128,7 @@ def format_text(result):
         predicted = " ".join(f"{k}={v}" for k, v in g["predicted"].items() if v)
         lines.append(f"{name:<{width}}{g['images']:>8}{g['exact_match']:>8.4f}{g['accuracy_multi']:>10.4f}"
                      f"{g['no_face']:>9}  {predicted}")
+    lines += ["", "per group of people (exact match)", *format_fairness(result["fairness"])]
     lines += ["", "threshold sweep (* = threshold in use)",
               f"{'thresh':>7}{'exact':>8}{'acc_multi':>10}" + "".join(f"{l + '_prec':>13}{l + '_rec':>12}" for l in VOCAB)]
     for row in result["sweep"]:

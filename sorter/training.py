@@ -126,6 +126,9 @@ def find_training_images(data_dir, log=print):
 
 ARCH_SIZES = {dlib_gender.ARCH: dlib_gender.SIDE}  # input side in pixels; other architectures: DEFAULT_SIZE
 DEFAULT_SIZE = 128
+# fine_tune's ratio of the head's learning rate to the first layers': ImageNet features need little change (fastai's
+# 100); dlib's body learnt faces, at 32 px, from fewer data than ours, and is worth moving more
+LR_MULT = {dlib_gender.ARCH: 10}
 LABEL_SHARE = {"female": 0.4, "male": 0.4, "neither": 0.2}  # of the training draws, with `balance`
 
 
@@ -247,8 +250,10 @@ def _fine_tune(learn, opts, lr, checkpoint, state, log):
     if done < opts.freeze_epochs:
         learn.freeze()
         learn.fit_one_cycle(opts.freeze_epochs, slice(lr), pct_start=0.99, start_epoch=done, cbs=checkpoint)
+    checkpoint.offset = opts.freeze_epochs
     learn.unfreeze()
-    learn.fit_one_cycle(opts.epochs, slice(lr / 2 / 100, lr / 2), pct_start=0.3, div=5.0,
+    low = lr / 2 / LR_MULT.get(opts.arch, 100)
+    learn.fit_one_cycle(opts.epochs, slice(low, lr / 2), pct_start=0.3, div=5.0,
                         start_epoch=max(0, done - opts.freeze_epochs), cbs=checkpoint)
 
 
@@ -258,13 +263,13 @@ class Checkpoint(Callback):
     order = 99  # after the recorder and schedulers
 
     def __init__(self, path, opts, lr):
-        self.path, self.options, self.lr, self.done = Path(path), asdict(opts), lr, 0
+        self.path, self.options, self.lr = Path(path), asdict(opts), lr
+        self.offset = 0  # epochs of the phases before this fit's
 
-    def after_epoch(self):
-        self.done += 1
+    def after_epoch(self):  # also after each epoch that a resumed fit skips: it saves the same weights again
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"epoch": self.done, "lr": self.lr, "options": self.options, "model": self.learn.model.state_dict(),
+        torch.save({"epoch": self.offset + self.epoch + 1, "lr": self.lr, "options": self.options, "model": self.learn.model.state_dict(),
                     "opt": self.learn.opt.state_dict()}, tmp)
         os.replace(tmp, self.path)
 
