@@ -12,11 +12,11 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from .hashing import sha256_of
 from .cleaning import ACTIONS, apply_plan, apply_undo, describe, inside, plan_clean, read_review, reviewed_file
 from .discover import TRASH_DIR
 from .durable import replace_durably
 from .errors import FacesortError
+from .hashing import sha256_of
 from .report import write_report
 
 CHOICES = ("keep",) + ACTIONS  # what the page may write; "" clears a decision (the CSV's own "keep")
