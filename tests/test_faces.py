@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, make_dataset
+from conftest import COLOURS, make_dataset, make_photo
 from sorter import faces, training
 from sorter.faces import FaceFinder, Faces, square_crop
 from sorter.inference import Classifier
@@ -90,9 +90,26 @@ def test_a_photo_gets_the_union_of_its_faces_labels_and_the_highest_probabilitie
     assert couple.probs["male"] == pytest.approx(float(alone[:, 1].max()), abs=1e-5)
 
 
+class OneFaceFinder:
+    """Stub finder: on face photos one centred face, on green (neither) photos a 'face' only in the first."""
+
+    def find(self, images):
+        image = images[0]
+        box = [image.width // 4, image.height // 4, 3 * image.width // 4, 3 * image.height // 4]
+        return [Faces([box], [square_crop(image, box)], [0.99])]
+
+
+def one_per_file_dataset(root, per_label):
+    """Colour photos whose names end in no number: split one by one (numbered runs are split by block)."""
+    for label in COLOURS:
+        for i in range(per_label):
+            make_photo(root / label / f"{label}_{i}_photo.jpg", label, seed=i)
+    return root
+
+
 def test_crop_faces_first_writes_train_and_valid_crops_and_keeps_the_test_split_out(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "_finder", lambda min_face: OneFaceFinder())
-    data = make_dataset(tmp_path / "data", per_label=30)
+    data = one_per_file_dataset(tmp_path / "data", per_label=30)
     counts = training.crop_faces_first(data, tmp_path / "crops", size=40, log=lambda m: None)
     written = sorted(tmp_path.glob("crops/*/*/*.webp"))
     tested = [p for p in data.rglob("*.jpg") if training.split_of(p.relative_to(data)) == "test"]
