@@ -71,8 +71,8 @@ class Classifier:
     The model file is checked, hashed and its settings read at once; the learner is unpickled on first use, so
     a run that finds nothing to classify never loads it."""
 
-    def __init__(self, model_path=None, threshold=None):
-        self.model_file = ModelFile(model_path)
+    def __init__(self, model_path=None, threshold=None, whole_image=False):
+        self.model_file = ModelFile(model_path, whole_image)  # no path: the bundled model for that mode
         self.path, self.sha256 = self.model_file.path, self.model_file.sha256
         self.threshold = float(threshold if threshold is not None else self.model_file.settings["threshold"])
         self.size = self.model_file.settings["size"]

@@ -17,13 +17,16 @@ from pathlib import Path
 from .errors import FacesortError
 from .hashing import sha256_of
 
-BUNDLED_NAME = "facesort-default.pkl"
+BUNDLED_NAME = "facesort-default.pkl"  # face-aware: dlib's face network fine-tuned on face crops
+WHOLE_IMAGE_NAME = "facesort-whole-image.pkl"  # --whole-image: MobileNetV2, which saw whole no-face photos too
 DEFAULT_SIZE = 128  # input side of models exported before facesort stored it
 
 
-def bundled_model_path():
-    """The model shipped inside the sorter package (sorter/models/), wherever and however the package is installed."""
-    path = resources.files(__package__).joinpath("models", BUNDLED_NAME)
+def bundled_model_path(whole_image=False):
+    """The model shipped inside the sorter package (sorter/models/), wherever and however the package is installed:
+    the face model, or the one for classifying whole photos (a 32 px face network cannot tell a person's gender
+    from a whole photo shrunk to 32 px)."""
+    path = resources.files(__package__).joinpath("models", WHOLE_IMAGE_NAME if whole_image else BUNDLED_NAME)
     if not path.is_file():
         raise FacesortError("no bundled model is installed: pass --model PATH (train one with `facesort train`)")
     return Path(str(path))
@@ -133,9 +136,9 @@ def stored_settings(f, path):
 class ModelFile:
     """An exported model, opened, checked and hashed, its settings read: `load` unpickles it when needed."""
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, whole_image=False):
         bundled = path is None
-        self.path = bundled_model_path() if bundled else Path(path)
+        self.path = bundled_model_path(whole_image) if bundled else Path(path)
         try:
             self.file = open(self.path, "rb")
         except FileNotFoundError:

@@ -53,4 +53,5 @@ def predict_sources(classifier, sources, whole_image=False, batch_size=BATCH_SIZ
 
 def predict_files(paths, model_path=None, threshold=None, whole_image=False, batch_size=BATCH_SIZE):
     """Load the model once and predict every path (facesort predict)."""
-    return predict_sources(Classifier(model_path, threshold), [(path, path) for path in paths], whole_image, batch_size)
+    classifier = Classifier(model_path, threshold, whole_image)
+    return predict_sources(classifier, [(path, path) for path in paths], whole_image, batch_size)

@@ -37,7 +37,7 @@ def create_app(model_path=None, threshold=None, whole_image=False, max_upload_mb
     from .inference import Classifier
     from .prediction import predict_sources
 
-    classifier = Classifier(model_path, threshold).load()
+    classifier = Classifier(model_path, threshold, whole_image).load()
     finder = None if whole_image else FaceFinder()
     max_bytes = int(max_upload_mb * 1024 * 1024)
     lock = threading.Lock()

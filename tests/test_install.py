@@ -93,4 +93,4 @@ def test_a_wheel_sorts_with_the_bundled_model_after_the_documented_extra_step(ve
     result = facesort(work, "run", photos, "--out", work / "out")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"model {work / 'venv'}" in result.stdout + result.stderr  # the wheel's own bundled model
-    assert (work / "out" / "male" / "astronaut.jpg").is_file() and (work / "out" / "neither" / "cat.jpg").is_file()
+    assert (work / "out" / "female" / "astronaut.jpg").is_file() and (work / "out" / "neither" / "cat.jpg").is_file()

@@ -121,8 +121,10 @@ def test_a_tampered_bundled_model_is_not_unpickled(hostile_model, tmp_path, monk
     assert not (tmp_path / "ran").exists()
 
 
-def test_the_shipped_model_matches_its_record():
-    path = bundled_model_path()
+@pytest.mark.parametrize("whole_image", [False, True])
+def test_each_shipped_model_matches_its_record(whole_image):
+    path = bundled_model_path(whole_image)
+    assert path.name == ("facesort-whole-image.pkl" if whole_image else "facesort-default.pkl")
     assert sha256_of(path) == expected_sha256(path)
 
 

@@ -35,7 +35,7 @@ def evaluate(data_dir, model_path, threshold, whole_image, batch_size, group_dep
 
     groups = Groups.read(groups_csv) if groups_csv else None
     log = functools.partial(click.echo, err=True)  # progress on stderr, results on stdout
-    classifier = Classifier(model_path, threshold)
+    classifier = Classifier(model_path, threshold, whole_image)
     mode = "whole-image" if whole_image else "face-aware"
     log(f"model {classifier.path} (sha256 {classifier.sha256[:12]}), threshold {classifier.threshold}, {mode}")
     result = measure(classify_labelled(data_dir, classifier, whole_image, batch_size, log), classifier.threshold,

@@ -55,7 +55,7 @@ def _write_review(data_dir, model_path, threshold, faces, batch_size, top, out_d
     from ..review import write_review
 
     log = functools.partial(click.echo, err=True)
-    classifier = Classifier(model_path, threshold)
+    classifier = Classifier(model_path, threshold, whole_image=not faces)
     mode = "face-aware" if faces else "whole-image"
     log(f"model {classifier.path} (sha256 {classifier.sha256[:12]}), threshold {classifier.threshold}, {mode}")
     scored = classify_labelled(data_dir, classifier, not faces, batch_size, log)

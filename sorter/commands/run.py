@@ -61,8 +61,8 @@ def _sort(input_dir, out_dir, model_path, threshold, events, **options):
     from ..inference import Classifier
     from ..sorting import RunOptions, StopOnSignals, sort_folder
 
-    classifier = Classifier(model_path, threshold)
     opts = RunOptions(**options)
+    classifier = Classifier(model_path, threshold, opts.whole_image)
     events.log(f"model {classifier.path} (sha256 {classifier.sha256[:12]}), threshold {classifier.threshold}, "
                f"{opts.mode}, device cpu")
     with StopOnSignals() as stop:
