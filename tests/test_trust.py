@@ -99,7 +99,7 @@ def bundle(tmp_path, monkeypatch, model, record):
     shutil.copyfile(model, path)
     if record is not None:
         Path(f"{path}.sha256").write_text(f"{record}  facesort-default.pkl\n")
-    monkeypatch.setattr(sorter.model, "bundled_model_path", lambda: path)
+    monkeypatch.setattr(sorter.model, "bundled_model_path", lambda whole_image=False: path)
     return path
 
 
