@@ -227,15 +227,15 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
 
 def _network(opts):
     """A function dls → Learner for `opts.arch`, checked (weights found) before any data is read."""
-    loss = dict(metrics=accuracy_multi, loss_func=BCEWithLogitsLossFlat())
+    common = dict(metrics=accuracy_multi, loss_func=BCEWithLogitsLossFlat())  # what every learner here has
     if opts.arch == dlib_gender.ARCH:
         net = dlib_gender.pretrained_net() if opts.pretrained else dlib_gender.dlib_gender_net()
-        return lambda dls: Learner(dls, net, splitter=dlib_gender.split, **loss)
+        return lambda dls: Learner(dls, net, splitter=dlib_gender.split, **common)
     arch = archs.ensure_weights(opts.arch) if opts.pretrained else archs.ARCHS.get(opts.arch)
     if arch is None:
         raise FacesortError(f"unknown architecture {opts.arch!r}; choose one of "
                             f"{', '.join([*archs.ARCHS, dlib_gender.ARCH])}")
-    return lambda dls: vision_learner(dls, arch, pretrained=opts.pretrained, **loss)
+    return lambda dls: vision_learner(dls, arch, pretrained=opts.pretrained, **common)
 
 
 def _fine_tune(learn, opts, lr, checkpoint, state, log):
