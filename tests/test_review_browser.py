@@ -51,6 +51,7 @@ def test_decide_with_keys_reload_apply_and_undo(tmp_path):
             assert {row["path"]: row["action"] for row in read_rows(review_csv) if row["action"]} == {
                 "web/female/female_0.jpg": "male", "web/male/male_1.jpg": "delete", "web/female/female_1.jpg": "keep"}
 
+            page.wait_for_load_state("networkidle")  # no thumbnail still in flight to be refused by the kill
             process.send_signal(signal.SIGKILL)  # decisions shown as saved survive a kill
             process.wait(timeout=30)
             process, _ = start(data, review_csv, port, tmp_path / "restarted.log")
