@@ -48,6 +48,7 @@ class RunOptions:
     follow_links: bool = False
     new_input: bool = False
     workers: int = field(default_factory=available_cpus)
+    cluster: str | None = None  # a Ray cluster's address: its workers classify (sorter.cluster)
 
     @property
     def mode(self):
@@ -138,7 +139,7 @@ def _sort(input_dir, output, classifier, opts, events, should_stop):
     events.start(len(jobs))
     done = 0
     try:
-        for chunk_rows in _classify_chunks(jobs, classifier, opts):
+        for chunk_rows in _classify_chunks(jobs, classifier, opts, events):
             output.commit(chunk_rows, classifier, opts)
             rows += chunk_rows
             done += len(chunk_rows)
@@ -348,10 +349,15 @@ def _touched(row):
     return set(row["_destinations"]) | set(previous["destinations"] if previous else [])
 
 
-def _classify_chunks(jobs, classifier, opts):
+def _classify_chunks(jobs, classifier, opts, events):
     """Yield the result rows of each chunk; the next chunk decodes in threads while this one is classified.
     With no jobs nothing is loaded: not torch, the face detector or the model (a night with nothing new)."""
     if not jobs:
+        return
+    if opts.cluster:
+        from .cluster import classify_chunks
+
+        yield from classify_chunks(jobs, classifier, opts, events)
         return
     finder = None if opts.whole_image else FaceFinder()
     min_side = decode_side(classifier, opts.whole_image)
