@@ -41,7 +41,7 @@ def classify_labelled(data_dir, classifier, whole_image=False, batch_size=BATCH_
     """Every labelled image under `data_dir` with its probabilities, in path order; unreadable ones carry an error."""
     data_dir = Path(data_dir)
     paths = find_training_images(data_dir, log)
-    finder = None if whole_image else finder or FaceFinder()
+    finder = None if whole_image else finder or FaceFinder(device=classifier.device)
     scored = []
     for start in range(0, len(paths), CHUNK):
         chunk = [(path, path) for path in paths[start:start + CHUNK]]

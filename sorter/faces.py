@@ -28,16 +28,21 @@ class Faces:
 
 
 class FaceFinder:
-    """MTCNN on the CPU, fed downscaled copies; crops come from the full decoded image."""
+    """MTCNN fed downscaled copies, on the CPU or a GPU; crops come from the full decoded image."""
 
-    def __init__(self, min_face=MIN_FACE, detect_side=DETECT_SIDE):
+    def __init__(self, min_face=MIN_FACE, detect_side=DETECT_SIDE, device="cpu"):
         mtcnn = _mtcnn_class()  # first: without facenet-pytorch, say so before importing torch
         import torch
 
-        self.detect_side = detect_side
-        self.mtcnn = mtcnn(keep_all=True, min_face_size=min_face, thresholds=list(STAGE_THRESHOLDS), device="cpu",
+        self.detect_side, self.device = detect_side, device
+        self.mtcnn = mtcnn(keep_all=True, min_face_size=min_face, thresholds=list(STAGE_THRESHOLDS), device=device,
                            select_largest=False)
         self.use_memory_format(torch.channels_last)
+
+    @property
+    def detects_while_decoding(self):
+        """On the CPU detection runs in the decoding threads, photo by photo; a GPU gets whole chunks at once."""
+        return self.device == "cpu"
 
     def use_memory_format(self, memory_format):
         """Store MTCNN's three networks' weights in this memory format. channels_last (facesort's) finds the same
@@ -46,22 +51,37 @@ class FaceFinder:
             net.to(memory_format=memory_format)
 
     def find(self, images):
-        """Faces of every image; images are detected one by one, since MTCNN batches need equal sizes."""
-        return [self._find_one(image) for image in images]
-
-    def _find_one(self, image):
+        """Faces of every image; the detection copies of equal size go through MTCNN as one batch (its batches
+        need equal sizes), so a folder of same-size photos costs a few large calls, not one per photo."""
         import torch
 
-        small, scale = _downscale(image, self.detect_side)
-        if min(small.size) < self.mtcnn.min_face_size:  # no face fits, and MTCNN fails on such an image
-            return Faces()
+        copies = [_downscale(image, self.detect_side) for image in images]
+        groups = {}
+        for i, (small, _) in enumerate(copies):
+            if min(small.size) >= self.mtcnn.min_face_size:  # else no face fits, and MTCNN fails on such an image
+                groups.setdefault(small.size, []).append(i)
+        found = [Faces() for _ in images]
         with torch.inference_mode():
-            boxes, probs = self.mtcnn.detect(small)
-        if boxes is None:
-            return Faces()
-        kept = [(box * scale, float(p)) for box, p in zip(boxes, probs) if p >= MIN_CONFIDENCE]
-        return Faces([[round(float(v)) for v in box] for box, _ in kept], [square_crop(image, box) for box, _ in kept],
-                     [p for _, p in kept])
+            for members in groups.values():
+                for i, boxes, probs in zip(members, *self._detect([copies[i][0] for i in members])):
+                    found[i] = _faces(images[i], boxes, probs, copies[i][1])
+        return found
+
+    def _detect(self, smalls):
+        """MTCNN's (boxes, probs) per image: one image alone as it is, several as a batch."""
+        if len(smalls) == 1:
+            boxes, probs = self.mtcnn.detect(smalls[0])
+            return [boxes], [probs]
+        return self.mtcnn.detect(smalls)
+
+
+def _faces(image, boxes, probs, scale):
+    """The confident detections of one image, boxes scaled back to its pixels, with their crops."""
+    if boxes is None:
+        return Faces()
+    kept = [(box * scale, float(p)) for box, p in zip(boxes, probs) if p >= MIN_CONFIDENCE]
+    return Faces([[round(float(v)) for v in box] for box, _ in kept], [square_crop(image, box) for box, _ in kept],
+                 [p for _, p in kept])
 
 
 def _mtcnn_class():

@@ -32,6 +32,11 @@ _MAGIC = (
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
 )
+ORIENTATION = 0x0112  # the EXIF tag; _UPRIGHT: the transpose that undoes each value, as ImageOps.exif_transpose
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_TURNED = (5, 6, 7, 8)  # the orientations whose upright photo swaps width and height
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif",
                   ".avif"}
@@ -65,13 +70,15 @@ def looks_like_image(path):
     return sniff_format(head) is not None
 
 
-def load_image(source, min_side=None):
+def load_image(source, min_side=None, device="cpu"):
     """Decode the first frame of `source` (a path, or a binary file object such as an upload held in memory) as
     an upright RGB image.
 
     With `min_side`, a JPEG is decoded at the smallest scale (1/2 to 1/8) whose shorter side is still at least
     `min_side` pixels: much faster than a full decode when the model only needs a thumbnail. The image's
-    `info["full_size"]` is then the upright photo's own (width, height), the frame users measure in.
+    `info["full_size"]` is then the upright photo's own (width, height), the frame users measure in. With
+    `device` "cuda" a JPEG is decoded on the GPU (nvJPEG) and scaled there to the same size; whatever the GPU
+    cannot decode goes the CPU's way, so a bad file fails with the same reason.
     """
     try:
         with _opened(source) as f:
@@ -87,6 +94,9 @@ def load_image(source, min_side=None):
             with Image.open(f) as im:
                 _check_size(im)
                 full_size = im.size
+                gpu = _gpu_jpeg(f, im, min_side) if device == "cuda" and im.format == "JPEG" else None
+                if gpu is not None:
+                    return gpu
                 if min_side and im.format == "JPEG":
                     im.draft("RGB", _draft_size(im.size, min_side))
                 im.seek(0)
@@ -136,6 +146,43 @@ def _draft_size(size, min_side):
     width, height = size
     scale = min_side / min(width, height)
     return (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def _gpu_jpeg(f, im, min_side):
+    """The JPEG in `f` decoded on the GPU, upright, at draft()'s size; None when the GPU cannot (CMYK, a corrupt
+    file, no CUDA): the caller then decodes on the CPU."""
+    f.seek(0)
+    data = f.read()
+    orientation = im.getexif().get(ORIENTATION, 1)
+    try:
+        image = decode_jpeg_on(data, orientation, _draft_factor(im.size, min_side), "cuda")
+    except Exception:  # nvJPEG refuses some valid files; the CPU path decides what is wrong with the others
+        return None
+    image.info["full_size"] = im.size[::-1] if orientation in _TURNED else im.size
+    return image
+
+
+def decode_jpeg_on(data, orientation, factor, device):
+    """Decode JPEG bytes on `device` with torchvision, shrunk `factor` times (antialiased) and turned upright."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                         device=device)
+    if factor > 1:
+        size = [-(-side // factor) for side in pixels.shape[1:]]  # rounded up, as libjpeg's scaled sizes are
+        pixels = torch.nn.functional.interpolate(pixels[None].float(), size=size, mode="bilinear", antialias=True)
+        pixels = pixels[0].round().clamp(0, 255).to(torch.uint8)
+    image = Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+
+
+def _draft_factor(size, min_side):
+    """The power of two (1 to 8) that draft() shrinks a JPEG of `size` by to keep `min_side` on its short side."""
+    if not min_side:
+        return 1
+    most = min(side // wanted for side, wanted in zip(size, _draft_size(size, min_side)))
+    return next(f for f in (8, 4, 2, 1) if most >= f or f == 1)
 
 
 def _to_rgb(im):

@@ -8,7 +8,7 @@ def predict_images(classifier, images, whole_image=False, batch_size=BATCH_SIZE,
     """Predictions for decoded images, in one batched pass (`found`: their faces, when already detected)."""
     if whole_image:
         return classifier.predict_whole(images, batch_size)
-    return classifier.predict_faces(images, finder or FaceFinder(), batch_size, found)
+    return classifier.predict_faces(images, finder or FaceFinder(device=classifier.device), batch_size, found)
 
 
 def as_dict(name, prediction, classifier, image):
@@ -39,7 +39,7 @@ def predict_sources(classifier, sources, whole_image=False, batch_size=BATCH_SIZ
     images, errors = [], []
     for _, source in sources:
         try:
-            images.append(load_image(source, decode_side(classifier, whole_image)))
+            images.append(load_image(source, decode_side(classifier, whole_image), classifier.device))
             errors.append("")
         except ImageError as e:
             images.append(None)
@@ -51,7 +51,7 @@ def predict_sources(classifier, sources, whole_image=False, batch_size=BATCH_SIZ
             for (name, _), image, error in zip(sources, images, errors)]
 
 
-def predict_files(paths, model_path=None, threshold=None, whole_image=False, batch_size=BATCH_SIZE):
+def predict_files(paths, model_path=None, threshold=None, whole_image=False, batch_size=BATCH_SIZE, device="auto"):
     """Load the model once and predict every path (facesort predict)."""
-    classifier = Classifier(model_path, threshold, whole_image)
+    classifier = Classifier(model_path, threshold, whole_image, device)
     return predict_sources(classifier, [(path, path) for path in paths], whole_image, batch_size)

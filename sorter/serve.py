@@ -29,7 +29,7 @@ MAX_FILES = 20  # photos per request
 FIELD = "file"
 
 
-def create_app(model_path=None, threshold=None, whole_image=False, max_upload_mb=MAX_UPLOAD_MB):
+def create_app(model_path=None, threshold=None, whole_image=False, max_upload_mb=MAX_UPLOAD_MB, device="auto"):
     """The web app, with the model (and the face detector) loaded once, up front, so errors show at start."""
     # torch comes in here, not at import: `facesort --help` imports this module for MAX_UPLOAD_MB
     from .faces import FaceFinder
@@ -37,8 +37,8 @@ def create_app(model_path=None, threshold=None, whole_image=False, max_upload_mb
     from .inference import Classifier
     from .prediction import predict_sources
 
-    classifier = Classifier(model_path, threshold, whole_image).load()
-    finder = None if whole_image else FaceFinder()
+    classifier = Classifier(model_path, threshold, whole_image, device).load()
+    finder = None if whole_image else FaceFinder(device=classifier.device)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     lock = threading.Lock()
     page, script_hash = _page({

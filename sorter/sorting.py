@@ -7,6 +7,7 @@ pruned photo, or a copy a killed run placed but never recorded) are removed only
 been rewritten from the record: at the end of a run, or at the start of the next one.
 """
 import contextlib
+import functools
 import os
 import signal
 from collections import Counter
@@ -135,6 +136,8 @@ def _sort(input_dir, output, classifier, opts, events, should_stop):
     rows += _handle_gone(output, known, gone, input_missing, opts, counts, events)
     output.plan(jobs, unreadable)
     _log_plan(jobs, counts, events)
+    if jobs:  # only now: naming the device needs torch, which a night with nothing new never imports
+        events.log(f"device {classifier.describe_device()}")
     report = _run_report_path(output.out_dir, opts)
     events.start(len(jobs))
     done = 0
@@ -359,30 +362,32 @@ def _classify_chunks(jobs, classifier, opts, events):
 
         yield from classify_chunks(jobs, classifier, opts, events)
         return
-    finder = None if opts.whole_image else FaceFinder()
+    finder = None if opts.whole_image else FaceFinder(device=classifier.device)
     min_side = decode_side(classifier, opts.whole_image)
+    decode = functools.partial(_decode_async, min_side=min_side, device=classifier.device,
+                               finder=finder if finder and finder.detects_while_decoding else None)
     chunks = [jobs[i:i + opts.chunk_size] for i in range(0, len(jobs), opts.chunk_size)]
     with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool, torch_threads(model_threads()):
-        pending = _decode_async(pool, chunks[0], min_side, finder) if chunks else []
+        pending = decode(pool, chunks[0]) if chunks else []
         try:
             for index, chunk in enumerate(chunks):
                 decoded = [future.result() for future in pending]
-                pending = (_decode_async(pool, chunks[index + 1], min_side, finder) if index + 1 < len(chunks)
-                           else [])
+                pending = decode(pool, chunks[index + 1]) if index + 1 < len(chunks) else []
                 yield _classify(chunk, decoded, classifier, finder, opts)
         finally:
             for future in pending:  # a stopped run does not wait for the next chunk to decode
                 future.cancel()
 
 
-def _decode_async(pool, chunk, min_side, finder):
-    return [pool.submit(_decode, job.path, min_side, finder) for job in chunk]
+def _decode_async(pool, chunk, min_side, finder, device):
+    return [pool.submit(_decode, job.path, min_side, finder, device) for job in chunk]
 
 
-def _decode(path, min_side, finder):
-    """(image, faces or None), or the ImageError: face detection runs here too, in parallel across photos."""
+def _decode(path, min_side, finder, device="cpu"):
+    """(image, faces or None), or the ImageError: on a CPU, face detection runs here too, in parallel across photos
+    (a GPU detects a whole chunk at once in `_classify`)."""
     try:
-        image = load_image(path, min_side)
+        image = load_image(path, min_side, device)
     except ImageError as e:
         return e
     return image, finder.find([image])[0] if finder else None
@@ -391,7 +396,7 @@ def _decode(path, min_side, finder):
 def _classify(chunk, decoded, classifier, finder, opts):
     ok = [i for i, item in enumerate(decoded) if not isinstance(item, ImageError)]
     images = [decoded[i][0] for i in ok]
-    found = None if finder is None else [decoded[i][1] for i in ok]
+    found = [decoded[i][1] for i in ok] if finder and finder.detects_while_decoding else None
     predictions = predict_images(classifier, images, opts.whole_image, opts.batch_size, finder, found)
     by_index = dict(zip(ok, predictions))
     rows = []

@@ -4,6 +4,7 @@ import os
 
 import click
 
+from ..device import DEVICES
 from ..errors import FacesortError
 
 COMMON_EXIT_CODES = {"0": "success", "1": "fatal error (one-line message, no traceback)", "2": "usage error"}
@@ -53,3 +54,5 @@ batch_option = click.option("--batch-size", default=16, show_default=True, type=
                             help="Images per model batch.")
 whole_image_option = click.option("--whole-image", is_flag=True,
                                   help="Classify the whole photo (the tutorial's way) instead of each face.")
+device_option = click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES),
+                             help="Where the networks run: auto is CUDA when torch sees a GPU, else the CPU.")

@@ -3,7 +3,7 @@ import json
 
 import click
 
-from . import batch_option, exit_codes, model_option, reports_errors, threshold_option, whole_image_option
+from . import batch_option, device_option, exit_codes, model_option, reports_errors, threshold_option, whole_image_option
 from ..labels import labels_text
 
 
@@ -13,13 +13,14 @@ from ..labels import labels_text
 @threshold_option
 @whole_image_option
 @batch_option
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 @reports_errors
-def predict(images, model_path, threshold, whole_image, batch_size, as_json):
+def predict(images, model_path, threshold, whole_image, batch_size, device, as_json):
     """Print the labels and probabilities of each IMAGE. Exit 3 when an image cannot be read."""
     from ..prediction import predict_files
 
-    results = predict_files(images, model_path, threshold, whole_image, batch_size)
+    results = predict_files(images, model_path, threshold, whole_image, batch_size, device)
     for result in results:
         if as_json:
             click.echo(json.dumps(result))

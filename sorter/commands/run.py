@@ -3,7 +3,8 @@ import signal
 
 import click
 
-from . import EXIT_CODES, batch_option, model_option, reports_errors, threshold_option, whole_image_option
+from . import (EXIT_CODES, batch_option, device_option, model_option, reports_errors, threshold_option,
+               whole_image_option)
 from ..console import RichEvents, make_events, print_table
 
 
@@ -14,6 +15,7 @@ from ..console import RichEvents, make_events, print_table
 @threshold_option
 @whole_image_option
 @batch_option
+@device_option
 @click.option("--report", type=click.Path(dir_okay=False),
               help="Where to write this run's CSV. Default: OUT/reports/facesort-run-DATE-TIME.csv.")
 @click.option("--dry-run", is_flag=True, help="Classify and write the report, but copy nothing.")
@@ -27,9 +29,12 @@ from ..console import RichEvents, make_events, print_table
 @click.option("--chunk-size", default=128, show_default=True, type=click.IntRange(1),
               help="Photos committed together: a crash or a stop redoes at most this many.")
 @click.option("--new-input", is_flag=True, help="Accept an INPUT other than the one OUT was sorted from (it moved).")
+@click.option("--cluster", metavar="ADDRESS",
+              help="Classify on a Ray cluster: ray://HEAD:10001, auto, or local:N (a new one of N workers here). "
+                   "INPUT and the model must be at the same paths on every node.")
 @reports_errors
-def run(input_dir, out_dir, model_path, threshold, whole_image, batch_size, report, dry_run, verify, rescan,
-        retry_failed, reclassify, prune, follow_links, chunk_size, new_input):
+def run(input_dir, out_dir, model_path, threshold, whole_image, batch_size, device, report, dry_run, verify, rescan,
+        retry_failed, reclassify, prune, follow_links, chunk_size, new_input, cluster):
     """Sort the photos under INPUT into OUT/male, OUT/female (both, with both faces) and OUT/neither.
 
     INPUT is never modified. Copies keep their path relative to INPUT. Photos already sorted and unchanged are
@@ -43,10 +48,10 @@ def run(input_dir, out_dir, model_path, threshold, whole_image, batch_size, repo
     check_folders(input_dir, out_dir, report)
     try:
         with OutputLock(out_dir):  # a second run exits 4 here, before the slow imports and model load
-            summary = _sort(input_dir, out_dir, model_path, threshold, events, batch_size=batch_size,
+            summary = _sort(input_dir, out_dir, model_path, threshold, device, events, batch_size=batch_size,
                             chunk_size=chunk_size, dry_run=dry_run, report=report, whole_image=whole_image,
                             verify=verify, rescan=rescan, retry_failed=retry_failed, reclassify=reclassify, prune=prune,
-                            follow_links=follow_links, new_input=new_input)
+                            follow_links=follow_links, new_input=new_input, cluster=cluster)
     except KeyboardInterrupt:  # Ctrl-C while loading, or a second one: OUT is as safe as after a kill
         click.echo("facesort: interrupted at once; the next run finishes the work", err=True)
         raise SystemExit(128 + signal.SIGINT) from None
@@ -57,14 +62,18 @@ def run(input_dir, out_dir, model_path, threshold, whole_image, batch_size, repo
     raise SystemExit(summary.exit_code)
 
 
-def _sort(input_dir, out_dir, model_path, threshold, events, **options):
+def _sort(input_dir, out_dir, model_path, threshold, device, events, **options):
     from ..inference import Classifier
     from ..sorting import RunOptions, StopOnSignals, sort_folder
 
     opts = RunOptions(**options)
-    classifier = Classifier(model_path, threshold, opts.whole_image)
+    if opts.cluster:
+        from ..cluster import import_ray
+
+        import_ray()  # without the extra, say how to install it before loading anything
+    classifier = Classifier(model_path, threshold, opts.whole_image, device)  # --device cuda without one: exit 1
     events.log(f"model {classifier.path} (sha256 {classifier.sha256[:12]}), threshold {classifier.threshold}, "
-               f"{opts.mode}, device cpu")
+               f"{opts.mode}")
     with StopOnSignals() as stop:
         summary = sort_folder(input_dir, out_dir, classifier, opts, events, stop)
     if summary.stopped_by:

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import click
 
-from . import exit_codes, reports_errors
+from . import device_option, exit_codes, reports_errors
 from ..console import is_terminal, print_table
 
 
@@ -48,14 +48,16 @@ from ..console import is_terminal, print_table
               help="Draw training images so that each label, and each group within it, weighs fairly.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training from its last epoch (same options).")
 @click.option("--workers", type=click.IntRange(0), help="Processes loading images (and cropping faces). [default: 2]")
+@device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the validation metrics as JSON.")
 @reports_errors
 def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_size, valid_pct, seed, no_pretrained,
-          crop_faces_to, per_folder, degrade, grey, init_from, groups, balance, resume, workers, as_json):
+          crop_faces_to, per_folder, degrade, grey, init_from, groups, balance, resume, workers, device, as_json):
     """Train on DATA_DIR, where each image's label is the nearest folder named male, female or neither.
 
     The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
     """
+    from ..device import describe, resolve_device, training_device
     from ..training import TrainOptions, train as train_model
 
     opts = TrainOptions(arch=arch, size=size, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr,
@@ -63,7 +65,9 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
                         init_from=init_from, groups=groups, balance=balance, workers=workers,
                         progress_bars=is_terminal() and not as_json)
-    with signals_stop_training():
+    device = resolve_device(device)
+    click.echo(f"device {describe(device)}", err=True)
+    with signals_stop_training(), training_device(device):
         metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json), resume=resume)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
