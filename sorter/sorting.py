@@ -136,8 +136,6 @@ def _sort(input_dir, output, classifier, opts, events, should_stop):
     rows += _handle_gone(output, known, gone, input_missing, opts, counts, events)
     output.plan(jobs, unreadable)
     _log_plan(jobs, counts, events)
-    if jobs:  # only now: naming the device needs torch, which a night with nothing new never imports
-        events.log(f"device {classifier.describe_device()}")
     report = _run_report_path(output.out_dir, opts)
     events.start(len(jobs))
     done = 0
@@ -362,6 +360,7 @@ def _classify_chunks(jobs, classifier, opts, events):
 
         yield from classify_chunks(jobs, classifier, opts, events)
         return
+    events.log(f"device {classifier.describe_device()}")  # only here: naming it needs torch, as the model does
     finder = None if opts.whole_image else FaceFinder(device=classifier.device)
     min_side = decode_side(classifier, opts.whole_image)
     decode = functools.partial(_decode_async, min_side=min_side, device=classifier.device,
