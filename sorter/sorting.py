@@ -32,6 +32,7 @@ from .state import OutputLock, State
 CUMULATIVE_REPORT = "facesort-report.csv"
 LOGGED_FAILURES = 20  # failures named in the log (and so in the nightly mail); the run's CSV has them all
 NOT_RETRIED = " (unchanged since the last run: not retried)"
+SURVEY_PROGRESS = 10_000  # files between the survey's progress lines (a rerun over 100,000 took 16 s here)
 
 
 @dataclass
@@ -130,7 +131,7 @@ def _check_same_input(state, input_dir, out_dir, opts):
 
 def _sort(input_dir, output, classifier, opts, events, should_stop):
     counts, known = Counter(), output.state.all()
-    rows, jobs, seen, unreadable = _survey(input_dir, output, known, classifier, opts, counts)
+    rows, jobs, seen, unreadable = _survey(input_dir, output, known, classifier, opts, counts, events)
     gone = _gone(known, seen)
     input_missing = bool(known) and len(gone) == len(known)
     rows += _handle_gone(output, known, gone, input_missing, opts, counts, events)
@@ -159,9 +160,9 @@ def _sort(input_dir, output, classifier, opts, events, should_stop):
     return RunSummary(counts, report, output.cumulative, should_stop(), input_missing)
 
 
-def _survey(input_dir, output, known, classifier, opts, counts):
+def _survey(input_dir, output, known, classifier, opts, counts, events):
     """Walk INPUT: report rows for files not worth reading, jobs for the photos to classify, every name seen, and
-    {rel: why} of the files that could not even be looked at."""
+    {rel: why} of the files that could not even be looked at. A long walk logs how far it got."""
     rows, jobs, seen, unreadable = [], [], set(), {}
     queued, unreadable_before = output.state.queued(), output.state.listing_failures()
     for found in walk_photos(input_dir, exclude=[output.out_dir], follow_links=opts.follow_links):
@@ -180,6 +181,8 @@ def _survey(input_dir, output, known, classifier, opts, counts):
                 rows.append(_failure_row(found.rel, previous["error"], True, counts))
             elif reason:
                 jobs.append(Job(found.path, found.rel, reason, found.stat, previous))
+        if len(seen) % SURVEY_PROGRESS == 0:
+            events.log(f"looked at {len(seen)} files so far, {len(jobs)} to classify")
     return rows, jobs, seen, unreadable
 
 

@@ -50,15 +50,31 @@ def test_photos_are_distinct_files_with_exif_orientation_and_some_pngs(bench, tm
     assert load_image(rotated).size == (48, 64)
 
 
-def test_bench_runs_facesort_and_ends_with_the_three_ratios(colour_model, tmp_path):
+def test_bench_runs_facesort_and_ends_with_the_ratios(colour_model, tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--n", "3", "--memory-scale", "2", "--repeat", "1", "--predict-count", "2",
-         "--seconds", "0.1", "--size", "64x48", "--modes", "whole", "--model", str(colour_model), "--tmp", str(tmp_path)],
+         "--seconds", "0.1", "--size", "64x48", "--modes", "whole", "--model", str(colour_model), "--tmp", str(tmp_path),
+         "--rerun", "30"],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
-    assert [line.split("=")[0] for line in lines[-3:]] == ["ratio_run_vs_model", "ratio_run_vs_predict",
-                                                           "memory_ratio"]
-    assert all(float(line.split("=")[1]) > 0 for line in lines[-3:])
+    assert [line.split("=")[0] for line in lines[-4:]] == ["ratio_run_vs_model", "ratio_run_vs_predict",
+                                                           "memory_ratio", "ratio_run_vs_pipeline_whole_image"]
+    assert all(float(line.split("=")[1]) > 0 for line in lines[-4:-1])
     assert any(line.startswith("(b) facesort run whole-image: 6 photos") for line in lines)
+    stages = [line for line in lines if line.startswith("(d) ")]
+    assert [s.split(":")[0].split(",")[0] for s in stages] == [
+        "(d) read + copy + sha256", "(d) decode at draft scale (short side >= 32 px)",
+        "(d) classifier on ready tensors", "(d) pipeline ceiling"]
+    assert any(line.startswith("(e) nightly rerun, nothing changed: 30 files in") for line in lines)
     assert list(tmp_path.iterdir()) == []  # the temporary photos are gone
+
+
+def test_the_survey_of_a_large_folder_says_how_far_it_got(cli, colour_model, photos, tmp_path, monkeypatch):
+    import sorter.sorting
+
+    monkeypatch.setattr(sorter.sorting, "SURVEY_PROGRESS", 3)
+    result = cli("run", photos, "--out", tmp_path / "out", "--model", colour_model, "--whole-image")
+    assert result.exit_code == 0
+    assert [line.split(" ", 1)[1] for line in result.output.splitlines() if "so far" in line] == [
+        "looked at 3 files so far, 3 to classify", "looked at 6 files so far, 6 to classify"]
