@@ -70,6 +70,8 @@ def _sort(input_dir, out_dir, model_path, threshold, device, events, **options):
     if opts.cluster:
         from ..cluster import import_ray
 
+        if device == "cuda":
+            raise click.UsageError("--cluster workers classify on their nodes' CPUs: --device cuda is for a local run")
         import_ray()  # without the extra, say how to install it before loading anything
     classifier = Classifier(model_path, threshold, opts.whole_image, device)  # --device cuda without one: exit 1
     events.log(f"model {classifier.path} (sha256 {classifier.sha256[:12]}), threshold {classifier.threshold}, "
