@@ -124,7 +124,9 @@ class Worker:
 def classify_chunk(chunk, worker):
     """The result rows of one chunk, as a local run makes them; one CPU per actor, so one torch thread."""
     with torch_threads(1):
-        decoded = [sorting._decode(job.path, worker.min_side, worker.finder) for job in chunk]
+        paths, size = [job.path for job in chunk], sorting.DETECT_BATCH
+        decoded = [item for i in range(0, len(paths), size)
+                   for item in sorting._decode_batch(paths[i:i + size], worker.min_side, worker.finder)]
         return sorting._classify(chunk, decoded, worker.classifier, worker.finder, worker.opts)
 
 
