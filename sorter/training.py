@@ -155,8 +155,8 @@ def make_dataloaders(items, opts, root=None, groups=None):
     )
     if opts.balance:
         return block.weighted_dataloaders(items, sample_weights(items, groups), bs=opts.batch_size,
-                                          num_workers=_workers(opts))
-    return block.dataloaders(items, bs=opts.batch_size, num_workers=_workers(opts))
+                                          num_workers=_loader_workers(opts, len(items)))
+    return block.dataloaders(items, bs=opts.batch_size, num_workers=_loader_workers(opts, len(items)))
 
 
 def sample_weights(items, groups=None):
@@ -335,9 +335,13 @@ class _PhaseBar(Callback):
         self.bar.on_iter_end()
 
 
-def find_lr(learn, progress_bars, log, iterations=100):
+LR_FIND_BATCHES = 100  # fastai's own number of lr_find steps
+
+
+def find_lr(learn, progress_bars, log, iterations=None):
     """lr_find's suggested learning rate. Its mock training first saves the model under learn.path (by default the
     current folder): here a temporary folder, removed however lr_find ends."""
+    iterations = iterations or LR_FIND_BATCHES
     log(f"finding a learning rate (lr_find: up to {iterations} batches)")
     home = learn.path
     with tempfile.TemporaryDirectory(prefix="facesort-train-") as scratch, learn.no_bar(), \
@@ -408,6 +412,14 @@ DEFAULT_CROP_SIDE = 96  # crops are stored at least this large, whatever the inp
 
 def _workers(opts):
     return opts.workers if opts.workers is not None else min(2, os.cpu_count() or 1)
+
+
+SMALL_FOLDER = 512  # images: fastai starts its loader processes at every pass over the data, which costs more than
+# loading this few in the main process (lr_find's 100 passes over a 29-image folder took 8 minutes with 2 workers)
+
+
+def _loader_workers(opts, count):
+    return 0 if opts.workers is None and count < SMALL_FOLDER else _workers(opts)
 
 
 def export(learn, model_path, threshold, metrics):

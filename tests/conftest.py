@@ -17,6 +17,9 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+# One torch thread per test process, children included: the tests check behaviour, not speed, and on a busy machine
+# torch's threads spin against the other work (a resnet18 step took 4-5 s with 2 threads at load 5, 0.4 s with 1).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # linux/capability.h
 COLOURS = {"male": (30, 60, 220), "female": (220, 40, 40), "neither": (40, 170, 40)}

@@ -391,7 +391,7 @@ def _wait_stopped(process, timeout=120):
 def spawn(colour_model, tmp_path_factory):
     """Start `facesort run INPUT --out OUT` as a separate process: spawn(input, out, *args, freeze_at=None)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["sorter.cli", "sorter.sorting", "sorter.inference"])
+    context.set_forkserver_preload(["sorter.cli", "sorter.sorting", "sorter.inference", "fastai.vision.all"])
     logs = tmp_path_factory.mktemp("logs")
 
     def start(input_dir, out, *args, freeze_at=None):

@@ -129,12 +129,13 @@ def small_folder(root):
     return root
 
 
-def test_a_small_folder_trains_with_a_smaller_batch_and_leaves_no_scratch_files(tmp_path, cli, scratch):
+def test_a_small_folder_trains_with_a_smaller_batch_and_leaves_no_scratch_files(tmp_path, cli, scratch, monkeypatch):
+    monkeypatch.setattr("sorter.training.LR_FIND_BATCHES", 10)  # lr_find broke on the first batch: 10 show it
     model = tmp_path / "models" / "small.pkl"
     result = cli("train", small_folder(tmp_path / "data"), "--model", model, *QUICK, "--epochs", "1", "--json")
     assert result.exit_code == 0, result.output
     assert "batch size 64 is more than the 24 training images: using 24" in result.output
-    assert "finding a learning rate" in result.output and "(lr_find)" in result.output  # the cron log names it
+    assert "finding a learning rate (lr_find: up to 10 batches)" in result.output and "(lr_find)" in result.output  # the cron log names it
     metrics = json.loads(result.stdout)
     assert metrics["train_images"] == 24 and math.isfinite(metrics["exact_match"]) and model.exists()
     assert os.listdir(scratch[0]) == lr_find_scratch(scratch[1]) == [], "training left scratch files behind"
