@@ -31,11 +31,11 @@ from PIL import ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sorter.discover import image_files  # noqa: E402
+from sorter.groups import utk_age_race  # noqa: E402
 from sorter.images import load_image  # noqa: E402
 from sorter.labels import folder_label, labels_text  # noqa: E402
 from sorter.splits import split_of  # noqa: E402
 
-RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Other"}
 AGES = ((0, 12, "3-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
 PEER_SCRIPT = Path(__file__).with_name("heldout_peer.py")
 
@@ -54,11 +54,10 @@ def subgroups(path):
     """Source (the faces-* folder), and for UTKFace race and age group, from the file name
     age_gender_race_date.jpg.chip.jpg."""
     groups = {"source": next((part for part in path.parts if part.startswith("faces-")), "other")}
-    parts = path.name.split("_")
-    if groups["source"].startswith("faces-utk") and len(parts) > 3 and parts[0].isdigit():
-        age = int(parts[0])
-        groups["race"] = RACES.get(parts[2], "unknown")
-        groups["age"] = next(name for low, high, name in AGES if low <= age <= high)
+    known = utk_age_race(path.name) if groups["source"].startswith("faces-utk") else None
+    if known:
+        groups["race"] = known[1]
+        groups["age"] = next(name for low, high, name in AGES if low <= known[0] <= high)
     return groups
 
 

@@ -15,6 +15,16 @@ from .errors import FacesortError
 
 MAX_VALUES = 20
 MIN_IMAGES = 20  # a group smaller than this is reported but not named the worst: its figure is mostly noise
+UTK_RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Other"}  # UTKFace's race codes
+
+
+def utk_age_race(name):
+    """(age, race) from a UTKFace file name `age_gender_race_datetime`, e.g. 25_1_3_20170104.jpg.chip.jpg; None
+    for any other name."""
+    parts = name.split("_")
+    if len(parts) < 4 or not parts[0].isdigit() or parts[2] not in UTK_RACES:
+        return None
+    return int(parts[0]), UTK_RACES[parts[2]]
 
 
 def image_key(rel_path):
