@@ -47,7 +47,8 @@ from ..console import is_terminal, print_table
 @click.option("--balance", is_flag=True,
               help="Draw training images so that each label, and each group within it, weighs fairly.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training from its last epoch (same options).")
-@click.option("--workers", type=click.IntRange(0), help="Processes loading images (and cropping faces). [default: 2; none under 512 images]")
+@click.option("--workers", type=click.IntRange(0),
+              help="Processes loading images (and cropping faces). [default: 2; none under 512 images]")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the validation metrics as JSON.")
 @reports_errors
