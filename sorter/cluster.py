@@ -154,14 +154,14 @@ class Pool:
         args = (str(Path(classifier.path).absolute()), classifier.threshold, classifier.sha256, opts,
                 str(chunks[0][0].path))
         self.actors = [remote.remote(*args) for _ in range(max(1, min(cpus, len(chunks))))]
-        self.pending = {}  # chunk index -> (actor, ObjectRef of its rows)
+        self.pending = {}  # chunk index -> (the actor's number, the ObjectRef of the chunk's rows)
 
     def results(self, events):
         submitted, logged = 0, time.monotonic()
         for index in range(len(self.chunks)):
             while submitted < min(len(self.chunks), index + IN_FLIGHT * len(self.actors)):
-                actor = self.actors[submitted % len(self.actors)]
-                self.pending[submitted] = actor, actor.classify.remote(self.chunks[submitted])
+                number = submitted % len(self.actors)
+                self.pending[submitted] = number, self.actors[number].classify.remote(self.chunks[submitted])
                 submitted += 1
             if time.monotonic() - logged >= BUSY_EVERY:
                 events.log(f"workers busy: {self.busy()}/{len(self.actors)}, chunk {index + 1}/{len(self.chunks)}")
@@ -170,9 +170,9 @@ class Pool:
 
     def busy(self):
         """How many actors are classifying (or have queued) a chunk whose rows are not back yet."""
-        refs = {ref: actor for actor, ref in self.pending.values()}
+        refs = {ref: number for number, ref in self.pending.values()}
         _, running = self.ray.wait(list(refs), num_returns=len(refs), timeout=0)
-        return len({refs[ref]._actor_id for ref in running})
+        return len({refs[ref] for ref in running})
 
     def _rows(self, index):
         _, ref = self.pending.pop(index)
@@ -180,8 +180,8 @@ class Pool:
             return self.ray.get(ref)
         except FacesortError as e:  # raised while classifying: Ray's copy of it carries the remote traceback
             raise FacesortError(_first_line(getattr(e, "cause", e))) from None
-        except self.ray.exceptions.RayError as e:
-            if getattr(e, "actor_init_failed", False):  # Ray keeps only the text: the last line is the error
+        except self.ray.exceptions.RayActorError as e:  # any other error is a bug: its traceback shows
+            if e.actor_init_failed:  # Ray keeps only the text of the error: its last line
                 raise FacesortError(_last_line(e).removeprefix(f"{FacesortError.__module__}.FacesortError: ")) from None
             raise FacesortError(f"a cluster worker died {RESTARTS + 1} times on chunk {index + 1}: {_last_line(e)}; "
                                 "photos sorted so far are kept") from None

@@ -17,6 +17,7 @@ from test_nightly import (_facesort_process, _wait_stopped, assert_complete, ass
 
 import cluster_hooks
 from sorter import placement, sorting
+from sorter.hashing import sha256_of
 from sorter.report import read_rows
 
 CHUNK = 2  # photos per chunk: 10 photos make 5 chunks, more than the 2 workers hold at once
@@ -44,6 +45,7 @@ def sort(cli, colour_model):
         return cli("run", input_dir, "--out", out, "--model", colour_model, "--whole-image", "--chunk-size", CHUNK,
                    *args)
 
+    invoke.model = colour_model
     return invoke
 
 
@@ -119,3 +121,23 @@ def test_driver_killed_mid_run_then_an_incremental_rerun_gives_the_local_result(
     assert_complete(out, input_dir, copies(tmp_path / "local"))
     nothing_new = sort(input_dir, out, "--cluster", "auto")
     assert nothing_new.exit_code == 0 and "cluster auto:" not in nothing_new.output  # no worker started
+
+
+def test_a_worker_whose_model_differs_from_the_drivers_stops_the_run_in_one_line(cluster, sort, photos, tmp_path,
+                                                                                 monkeypatch):
+    from sorter.inference import Classifier
+
+    opened = Classifier.__init__
+
+    def another_file(self, *args):  # as if the driver's node held another file at the model's path
+        opened(self, *args)
+        self.sha256 = "0" * 64
+
+    monkeypatch.setattr(Classifier, "__init__", another_file)
+    result = sort(photos, tmp_path / "out", "--cluster", "auto")
+    assert result.exit_code == 1
+    # facesort's error is one line (Ray prints its own about the workers that refused)
+    [error] = [line for line in result.output.splitlines() if line.startswith("facesort: error:")]
+    assert error.endswith(f"has sha256 {sha256_of(sort.model)[:12]}, not the driver's 000000000000: the model must "
+                          "be the same file on every node")
+    assert not list((tmp_path / "out").glob("*/*.jpg"))
