@@ -26,11 +26,12 @@ CHUNK = 2  # photos per chunk: 10 photos make 5 chunks, more than the 2 workers 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="the cluster extra is not installed: pip install 'facesort[cluster]'")
-    armed = tmp_path_factory.mktemp("hooks") / "kill-armed"
+    armed, sigterm = tmp_path_factory.mktemp("hooks") / "kill-armed", signal.getsignal(signal.SIGTERM)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              object_store_memory=100 * 2**20, _node_ip_address="127.0.0.1",
              runtime_env={"worker_process_setup_hook": "cluster_hooks.setup",
                           "env_vars": {"PYTHONPATH": str(Path(__file__).parent), cluster_hooks.ARMED: str(armed)}})
+    signal.signal(signal.SIGTERM, sigterm)  # ray.init's would outlive the module
     try:
         yield SimpleNamespace(address=ray.get_runtime_context().gcs_address, armed=armed)
     finally:
@@ -100,7 +101,7 @@ def test_driver_killed_mid_run_then_an_incremental_rerun_gives_the_local_result(
     input_dir, out = make_input(tmp_path / "in"), tmp_path / "out"
     argv = ["run", str(input_dir), "--out", str(out), "--model", str(colour_model), "--whole-image", "--chunk-size",
             str(CHUNK), "--cluster", cluster.address]  # another process: it connects by the head's address
-    process = multiprocessing.get_context("forkserver").Process(
+    process = multiprocessing.get_context("spawn").Process(  # not the forkserver test_nightly preloads for itself
         target=_facesort_process, args=(argv, tmp_path / "driver.log", ("sorter.state.State.record", 2)))
     process.start()
     _wait_stopped(process)  # 2 chunks recorded, others classified or in flight on the workers
