@@ -365,6 +365,9 @@ def _classify_chunks(jobs, classifier, opts, events):
         yield from classify_chunks(jobs, classifier, opts, events)
         return
     events.log(f"device {classifier.describe_device()}")  # only here: naming it needs torch, as the model does
+    # loaded before any thread detects faces: torch.fx's tracing, which fuses the model, patches every module call
+    # while it runs, and an MTCNN network called meanwhile in a decoding thread failed (NameError, 1000 photos)
+    classifier.load()
     finder = None if opts.whole_image else FaceFinder(device=classifier.device)
     min_side = decode_side(classifier, opts.whole_image)
     decode = functools.partial(_decode_async, min_side=min_side, device=classifier.device,

@@ -78,3 +78,18 @@ def test_the_survey_of_a_large_folder_says_how_far_it_got(cli, colour_model, pho
     assert result.exit_code == 0
     assert [line.split(" ", 1)[1] for line in result.output.splitlines() if "so far" in line] == [
         "looked at 3 files so far, 3 to classify", "looked at 6 files so far, 6 to classify"]
+
+
+def test_the_model_is_loaded_before_any_photo_is_decoded_and_detected(cli, colour_model, photos, tmp_path,
+                                                                      monkeypatch):
+    """Fusing the model traces it with torch.fx, which patches every module call meanwhile: an MTCNN network run
+    in a decoding thread then failed. So the run loads the model first, and decodes (and detects) after."""
+    import sorter.sorting
+    from sorter.inference import Classifier
+
+    loaded, decode_batch = [], sorter.sorting._decode_batch
+    monkeypatch.setattr(Classifier, "load", lambda self, load=Classifier.load: loaded.append(1) or load(self))
+    monkeypatch.setattr(sorter.sorting, "_decode_batch",
+                        lambda *args: decode_batch(*args) if loaded else pytest.fail("decoded before the model loaded"))
+    result = cli("run", photos, "--out", tmp_path / "out", "--model", colour_model, "--chunk-size", "2")
+    assert result.exit_code == 0 and "sorted=7" in result.output.replace(" ", "")
