@@ -58,7 +58,7 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
 
     The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
     """
-    from ..device import describe, resolve_device, training_device
+    from ..device import resolve_device, training_device
     from ..training import TrainOptions, train as train_model
 
     opts = TrainOptions(arch=arch, size=size, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr,
@@ -66,9 +66,7 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
                         init_from=init_from, groups=groups, balance=balance, workers=workers,
                         progress_bars=is_terminal() and not as_json)
-    device = resolve_device(device)
-    click.echo(f"device {describe(device)}", err=True)
-    with signals_stop_training(), training_device(device):
+    with signals_stop_training(), training_device(resolve_device(device)):
         metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json), resume=resume)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
