@@ -29,6 +29,9 @@ IN_FLIGHT = 2  # chunks queued on each actor: one is classified while the driver
 RESTARTS = 3  # times Ray restarts a dead actor and reruns its chunk before the run stops
 BUSY_EVERY = 10.0  # seconds between the log lines that say how many workers are busy
 CONNECT_TIMEOUT = 10.0  # seconds to wait for a head given as host:port
+# Ray starts its workers at nice 15: on a machine doing other work, a local cluster's workers then got 3-5% of a core
+# each (a worker took minutes to import torch next to two busy loops); a local run's own work runs at nice 0
+FAIR_WORKERS = ("RAY_worker_niceness", "0")
 
 
 class RayMissing(FacesortError):
@@ -55,6 +58,8 @@ def connected(address):
     if not local and "://" not in address and address != "auto":
         _check_reachable(address)
     kwargs = dict(num_cpus=_local_cpus(address), include_dashboard=False) if local else dict(address=address)
+    if local:
+        os.environ.setdefault(*FAIR_WORKERS)
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         ray.init(**kwargs, log_to_driver=False, logging_level="ERROR")

@@ -5,6 +5,7 @@ connection (and its worker hook, tests/cluster_hooks.py, which can kill a worker
 process connects to it by address.
 """
 import multiprocessing
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from test_nightly import (_facesort_process, _wait_stopped, assert_complete, ass
 
 import cluster_hooks
 from sorter import placement, sorting
+from sorter.cluster import FAIR_WORKERS
 from sorter.hashing import sha256_of
 from sorter.report import read_rows
 
@@ -27,6 +29,7 @@ CHUNK = 2  # photos per chunk: 10 photos make 5 chunks, more than the 2 workers 
 def cluster(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="the cluster extra is not installed: pip install 'facesort[cluster]'")
     armed, sigterm = tmp_path_factory.mktemp("hooks") / "kill-armed", signal.getsignal(signal.SIGTERM)
+    os.environ.setdefault(*FAIR_WORKERS)  # as `--cluster local:N` does: the workers compete fairly on a busy machine
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              object_store_memory=100 * 2**20, _node_ip_address="127.0.0.1",
              runtime_env={"worker_process_setup_hook": "cluster_hooks.setup",
