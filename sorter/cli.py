@@ -1,10 +1,14 @@
 """The `facesort` command: a small click group; each command lives in sorter/commands/."""
+import logging
 import warnings
 
 import click
 
 # torch and fastai announce deprecations of their own internals on import: noise for a user of this tool
 warnings.filterwarnings("ignore", category=FutureWarning)
+# fastai imports matplotlib, which facesort never draws with; its "building the font cache" notice (after 5 s, on a
+# first run or a busy machine) would land unstamped in a cron log
+logging.getLogger("matplotlib").setLevel(logging.ERROR)
 
 from .commands import EXIT_CODES
 from .commands.clean import clean
