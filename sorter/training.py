@@ -4,6 +4,7 @@ import json
 import math
 import os
 import random
+import signal
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -344,13 +345,23 @@ def find_lr(learn, progress_bars, log, iterations=None):
     iterations = iterations or LR_FIND_BATCHES
     log(f"finding a learning rate (lr_find: up to {iterations} batches)")
     home = learn.path
-    with tempfile.TemporaryDirectory(prefix="facesort-train-") as scratch, learn.no_bar(), \
+    with _scratch_folder() as scratch, learn.no_bar(), \
             learn.added_cbs([_PhaseBar("finding a learning rate", iterations)] if progress_bars else []):
         learn.path = Path(scratch)
         try:
             return learn.lr_find(num_it=iterations, show_plot=False).valley
         finally:
             learn.path = home
+
+
+def _scratch_folder():
+    """A temporary folder made with SIGINT and SIGTERM held off: one arriving between making the folder and
+    registering its removal left it behind (seen in a loaded test run, SIGTERM sent as the folder appeared)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return tempfile.TemporaryDirectory(prefix="facesort-train-")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def refuse_non_finite(learn, probs):
