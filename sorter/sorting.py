@@ -392,7 +392,7 @@ def _decode_async(pool, chunk, min_side, finder, device):
 
 def _decode_batch(paths, min_side, finder, device="cpu"):
     """`_decode` of several photos, whose faces are found together: MTCNN takes equal-size copies as one batch."""
-    decoded = [_decode(path, min_side, None, device) for path in paths]
+    decoded = [_decode(path, min_side, device) for path in paths]
     if finder is not None:
         ok = [i for i, item in enumerate(decoded) if not isinstance(item, ImageError)]
         for i, faces in zip(ok, finder.find([decoded[i][0] for i in ok])):
@@ -400,14 +400,13 @@ def _decode_batch(paths, min_side, finder, device="cpu"):
     return decoded
 
 
-def _decode(path, min_side, finder, device="cpu"):
-    """(image, faces or None), or the ImageError. On a CPU, face detection runs in the decoding threads too, in
-    parallel across photos (a GPU detects a whole chunk at once in `_classify`)."""
+def _decode(path, min_side, device="cpu"):
+    """(image, None), or the ImageError; `_decode_batch` fills in the faces where the decoding threads detect them
+    (on a CPU; a GPU detects a whole chunk at once in `_classify`)."""
     try:
-        image = load_image(path, min_side, device)
+        return load_image(path, min_side, device), None
     except ImageError as e:
         return e
-    return image, finder.find([image])[0] if finder else None
 
 
 def _classify(chunk, decoded, classifier, finder, opts):
