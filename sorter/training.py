@@ -7,7 +7,7 @@ import random
 import signal
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -21,11 +21,12 @@ from fastai.vision.all import (
 )
 from PIL import Image, ImageOps
 
-from . import archs, dlib_gender
+from . import archs, dlib_gender, ensemble
 from .discover import image_files
 from .errors import FacesortError
 from .faces import FaceFinder, square_crop
 from .groups import Groups, fairness, format_fairness
+from .hashing import sha256_of
 from .images import ImageError, load_image
 from .inference import inference_model
 from .labels import VOCAB, folder_label, label_set, labelled_images
@@ -56,6 +57,7 @@ class TrainOptions:
     groups: str | None = None  # a metadata CSV (see sorter.groups): balance training and report validation per group
     balance: bool = False  # sample so labels, and groups within a label, weigh fairly (LABEL_SHARE, sample_weights)
     progress_bars: bool = True  # fastai's bars; off under cron, where a CSV history is written instead
+    ensemble: tuple = ()  # exported models to combine (sorter.ensemble) instead of training one
 
 
 class Degrade(RandTransform):
@@ -192,7 +194,7 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     """
     opts = opts or TrainOptions()
     set_seed(opts.seed, reproducible=True)
-    network = _network(opts)
+    opts, network = _network(opts)
     checkpoint = checkpoint_path(model_path)
     state = _read_checkpoint(checkpoint, opts) if resume else None
     if opts.crop_faces_to:
@@ -203,14 +205,8 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     fit_batch_size(dls, log)
     log(f"training {opts.arch} on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)}")
     learn = network(dls)
-    if opts.init_from:
-        _start_from(learn, opts)
-    if not opts.progress_bars:
-        learn.remove_cb(ProgressCallback)
-        learn.logger = _EpochLog(log)
-    lr = state["lr"] if state else opts.lr or find_lr(learn, opts.progress_bars, log)
-    log(f"learning rate {lr:.2g}" + (" (resumed)" if state else "" if opts.lr else " (lr_find)"))
-    _fine_tune(learn, opts, lr, Checkpoint(checkpoint, opts, lr), state, log)
+    if not opts.ensemble:  # an ensemble's members are trained already: it is only calibrated
+        _fit(learn, opts, checkpoint, state, log)
     learn.logger = print  # the learner is pickled on export: keep only picklable attributes
     probs, targets = validation_preds(learn)
     refuse_non_finite(learn, probs)
@@ -220,23 +216,46 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     for line in format_fairness(metrics["fairness"]):
         log(line)
     metrics.update(arch=opts.arch, size=input_size(opts), train_images=len(dls.train_ds),
-                   valid_images=len(dls.valid_ds))
+                   valid_images=len(dls.valid_ds), **_members(opts))
     export(learn, model_path, threshold, metrics)
     checkpoint.unlink(missing_ok=True)
     return metrics
 
 
+def _members(opts):
+    """An ensemble's members as its metrics record them: each file and its sha256."""
+    return {"members": [{"model": str(p), "sha256": sha256_of(p)} for p in opts.ensemble]} if opts.ensemble else {}
+
+
+def _fit(learn, opts, checkpoint, state, log):
+    """Start from `init_from`, find the learning rate unless given or resumed, fine-tune."""
+    if opts.init_from:
+        _start_from(learn, opts)
+    if not opts.progress_bars:
+        learn.remove_cb(ProgressCallback)
+        learn.logger = _EpochLog(log)
+    lr = state["lr"] if state else opts.lr or find_lr(learn, opts.progress_bars, log)
+    log(f"learning rate {lr:.2g}" + (" (resumed)" if state else "" if opts.lr else " (lr_find)"))
+    _fine_tune(learn, opts, lr, Checkpoint(checkpoint, opts, lr), state, log)
+
+
 def _network(opts):
-    """A function dls → Learner for `opts.arch`, checked (weights found) before any data is read."""
+    """(opts, a function dls → Learner) for `opts.arch`, checked (weights found, members loaded) before any data is
+    read; an ensemble's opts get its arch and the largest of its members' input sides."""
     common = dict(metrics=accuracy_multi, loss_func=BCEWithLogitsLossFlat())  # what every learner here has
+    if opts.ensemble:
+        members = [load_model(path)[0] for path in opts.ensemble]
+        side = opts.size or max(ensemble.side_of(m) for m in members)
+        net = ensemble.Ensemble([ensemble.member_of(m, side) for m in members])
+        return replace(opts, arch=ensemble.ARCH, size=side), lambda dls: Learner(dls, net, **common)
     if opts.arch == dlib_gender.ARCH:
         net = dlib_gender.pretrained_net() if opts.pretrained else dlib_gender.dlib_gender_net()
-        return lambda dls: Learner(dls, net, splitter=dlib_gender.split, **common)
+        return opts, lambda dls: Learner(dls, net, splitter=dlib_gender.split, **common)
     arch = archs.ensure_weights(opts.arch) if opts.pretrained else archs.ARCHS.get(opts.arch)
     if arch is None:
         raise FacesortError(f"unknown architecture {opts.arch!r}; choose one of "
                             f"{', '.join([*archs.ARCHS, dlib_gender.ARCH])}")
-    return lambda dls: vision_learner(dls, arch, pretrained=opts.pretrained, **common)
+    return opts, lambda dls: vision_learner(dls, arch, pretrained=opts.pretrained, **common)
 
 
 def _fine_tune(learn, opts, lr, checkpoint, state, log):

@@ -39,12 +39,12 @@ def colour_net():
     return nn.Sequential(conv, norm, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-def export_colour_model(items, model_path):
+def export_colour_model(items, model_path, size=SIZE):
     """Export the colour network as a facesort model over `items` (labelled images: its DataBlock and metrics)."""
-    dls = make_dataloaders(items, TrainOptions(size=SIZE, batch_size=8, workers=0))
+    dls = make_dataloaders(items, TrainOptions(size=size, batch_size=8, workers=0))
     learn = Learner(dls, colour_net(), loss_func=BCEWithLogitsLossFlat(), metrics=accuracy_multi)
     probs, targets = validation_preds(learn)
     metrics = label_metrics(probs, targets, THRESHOLD)
-    metrics.update(arch="colour", size=SIZE, train_images=len(dls.train_ds), valid_images=len(dls.valid_ds))
+    metrics.update(arch="colour", size=size, train_images=len(dls.train_ds), valid_images=len(dls.valid_ds))
     export(learn, model_path, THRESHOLD, metrics)
     return model_path

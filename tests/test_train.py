@@ -196,3 +196,34 @@ def test_sigterm_stops_training_and_removes_its_scratch_files(tmp_path, scratch)
     finally:
         process.kill()
     assert os.listdir(scratch[0]) == lr_find_scratch(scratch[1]) == [] and not (tmp_path / "m.pkl").exists()
+
+
+def test_an_ensemble_averages_its_members_probabilities_each_at_its_own_side_and_normalisation(
+        tmp_path, cli, dataset, trained_model):
+    """A resnet (ImageNet normalisation, 32 px) and the colour model (none, 48 px): on flat-colour images, which
+    resizing and mirroring leave as they are, the ensemble's probabilities are the mean of its members'."""
+    import numpy as np
+    from colour_model import export_colour_model
+    from PIL import Image
+
+    from sorter.inference import Classifier
+
+    colour48 = export_colour_model(sorted(dataset.rglob("*.jpg")), tmp_path / "colour48.pkl", size=48)
+    model = tmp_path / "ensemble.pkl"
+    result = cli("train", dataset, "--model", model, "--ensemble", trained_model, "--ensemble", colour48)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(metrics_path(model).read_text())
+    assert (metrics["arch"], metrics["size"]) == ("ensemble", 48)
+    assert [m["model"] for m in metrics["members"]] == [str(trained_model), str(colour48)]
+    images = [Image.new("RGB", (64, 48), colour) for colour in [*COLOURS.values(), (128, 128, 128), (200, 40, 200)]]
+    members = [Classifier(m).probabilities(images) for m in (trained_model, colour48)]
+    assert np.abs(members[0] - members[1]).max() > 0.05  # members that disagree, or the mean shows nothing
+    np.testing.assert_allclose(Classifier(model).probabilities(images), np.mean(members, axis=0), atol=1e-4)
+
+
+@pytest.mark.parametrize("extra", [[], ["--init-from", "{m}"], ["--resume"]])
+def test_an_ensemble_needs_two_models_and_no_training_options(tmp_path, cli, dataset, trained_model, extra):
+    more = ["--ensemble", trained_model] if extra else []
+    result = cli("train", dataset, "--model", tmp_path / "e.pkl", "--ensemble", trained_model, *more,
+                 *[a.format(m=trained_model) for a in extra])
+    assert result.exit_code == 2 and "--ensemble takes two or more models" in result.output

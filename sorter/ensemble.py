@@ -1,0 +1,59 @@
+"""Several exported facesort models as one network: the mean of their probabilities, in one fastai Learner.
+
+dlib's 32 px face network and a MobileNetV2 fine-tuned on 96 px face crops make different mistakes (the first
+reads loose in-the-wild faces better, the second aligned crops, older people and children), and their mean is right
+more often than either (models/README.md). Each member keeps its own input side and normalisation inside the
+network, so the ensemble's DataLoaders only turn images into 0-1 tensors at the largest side, and the ensemble is
+exported, loaded and run (fused, channels-last, mirror-averaged) like any facesort model.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ARCH = "ensemble"  # the `arch` an ensemble's metrics and stored settings record
+EPS = 1e-6  # probabilities are clamped this far from 0 and 1 before their logit is taken
+
+
+class Member(nn.Module):
+    """One model's network inside an ensemble: given 0-1 images at the ensemble's side, it resizes them to its own
+    side (as its own DataLoaders would have) and normalises them its own way."""
+
+    def __init__(self, net, side, mean, std, input_side):
+        super().__init__()
+        self.net, self.side, self.resize = net, side, side != input_side  # fixed here: torch.fx traces no branch
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
+
+    def forward(self, x):
+        if self.resize:
+            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False)
+        return self.net((x - self.mean) / self.std)
+
+
+class Ensemble(nn.Module):
+    """The members' mean probability per label, returned as a logit, so the multi-label loss, the threshold and
+    everything downstream treat the ensemble as one network."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x):
+        probs = torch.stack([torch.sigmoid(member(x)) for member in self.members]).mean(dim=0)
+        return torch.logit(probs, eps=EPS)
+
+
+def member_of(learn, input_side):
+    """A `Member` from an exported learner: its network, stored input side and its DataLoaders' Normalize."""
+    from fastai.vision.all import Normalize
+
+    norm = next((t for t in learn.dls.after_batch if isinstance(t, Normalize)), None)
+    mean, std = (norm.mean.flatten(), norm.std.flatten()) if norm is not None else ((0.0,) * 3, (1.0,) * 3)
+    return Member(learn.model.eval(), side_of(learn), mean, std, input_side)
+
+
+def side_of(learn):
+    """The input side an exported facesort learner was trained at."""
+    from .model import DEFAULT_SIZE
+
+    return getattr(learn, "facesort", {}).get("size", DEFAULT_SIZE)
