@@ -39,6 +39,28 @@ def model_threads(cpus=None):
     return max(1, (cpus or available_cpus()) // 4)
 
 
+class ModelThreads:
+    """The model's intra-op threads for the next chunk, chosen from what the last chunk cost.
+
+    While decoding a chunk (and, face-aware, detecting its faces) costs more CPU than classifying it, the decoding
+    threads keep the other cores busy and the model gets `model_threads`; when decoding costs less (small photos,
+    whole-image), the decoding threads idle while the model runs, so the model gets every CPU."""
+
+    def __init__(self, cpus=None):
+        self.cpus = cpus or available_cpus()
+        self.count = model_threads(self.cpus)
+
+    def update(self, decode_cpu, classify_seconds):
+        """Decoding's CPU seconds for a chunk, and the seconds the model took to classify one at `count` threads."""
+        cheap = decode_cpu < classify_seconds * self.count
+        self.count = self.cpus if cheap else model_threads(self.cpus)
+
+    def apply(self):
+        import torch
+
+        torch.set_num_threads(self.count)
+
+
 @contextmanager
 def torch_threads(count):
     """Run torch with `count` intra-op threads, restoring the previous count afterwards."""

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import signal
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from .discover import walk_photos
 from .errors import FacesortError, InputMissing
 from .faces import FaceFinder
 from .images import ImageError, load_image
-from .inference import BATCH_SIZE, available_cpus, model_threads, torch_threads
+from .inference import BATCH_SIZE, ModelThreads, available_cpus, torch_threads
 from .labels import labels_text
 from .placement import (check_folders, check_writable, destinations, place_copy, remove_copy,
                         sweep_temporary_files, sync_folders, target_path)
@@ -373,21 +374,34 @@ def _classify_chunks(jobs, classifier, opts, events):
     decode = functools.partial(_decode_async, min_side=min_side, device=classifier.device,
                                finder=finder if finder and finder.detects_while_decoding else None)
     chunks = [jobs[i:i + opts.chunk_size] for i in range(0, len(jobs), opts.chunk_size)]
-    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool, torch_threads(model_threads()):
+    threads = ModelThreads()
+    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool, torch_threads(threads.count):
         pending = decode(pool, chunks[0]) if chunks else []
         try:
             for index, chunk in enumerate(chunks):
-                decoded = [item for future in pending for item in future.result()]
+                done = [future.result() for future in pending]
+                decoded = [item for items, _ in done for item in items]
                 pending = decode(pool, chunks[index + 1]) if index + 1 < len(chunks) else []
-                yield _classify(chunk, decoded, classifier, finder, opts)
+                threads.apply()
+                start = time.perf_counter()
+                rows = _classify(chunk, decoded, classifier, finder, opts)
+                threads.update(sum(cpu for _, cpu in done), time.perf_counter() - start)
+                yield rows
         finally:
             for future in pending:  # a stopped run does not wait for the next chunk to decode
                 future.cancel()
 
 
 def _decode_async(pool, chunk, min_side, finder, device):
-    return [pool.submit(_decode_batch, [job.path for job in chunk[i:i + DETECT_BATCH]], min_side, finder, device)
-            for i in range(0, len(chunk), DETECT_BATCH)]
+    """Futures of (decoded photos, CPU seconds spent) for each DETECT_BATCH of the chunk."""
+    return [pool.submit(_with_cpu_time, _decode_batch, [job.path for job in chunk[i:i + DETECT_BATCH]], min_side,
+                        finder, device) for i in range(0, len(chunk), DETECT_BATCH)]
+
+
+def _with_cpu_time(function, *args):
+    """(function(*args), the CPU seconds this thread spent in it)."""
+    start = time.thread_time()
+    return function(*args), time.thread_time() - start
 
 
 def _decode_batch(paths, min_side, finder, device="cpu"):

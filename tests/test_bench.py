@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sorter.images import load_image
-from sorter.inference import model_threads, torch_threads
+from sorter.inference import ModelThreads, model_threads, torch_threads
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench"
 
@@ -26,6 +26,15 @@ def bench():
 
 def test_model_gets_a_quarter_of_the_cpus_and_at_least_one_thread():
     assert [model_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 1, 4]
+
+
+def test_the_model_gets_every_cpu_while_decoding_costs_less_than_classifying():
+    threads = ModelThreads(cpus=8)
+    assert threads.count == 2  # a quarter, until a chunk has been measured
+    threads.update(decode_cpu=0.5, classify_seconds=1.0)  # small photos: 0.5 CPU s decoding, 2 CPU s classifying
+    assert threads.count == 8
+    threads.update(decode_cpu=3.0, classify_seconds=0.25)  # phone photos: decoding costs more than the model
+    assert threads.count == 2
 
 
 def test_torch_threads_restores_the_previous_count():
