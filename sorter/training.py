@@ -205,7 +205,7 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     fit_batch_size(dls, log)
     log(f"training {opts.arch} on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)}")
     learn = network(dls)
-    if not opts.ensemble:  # an ensemble's members are trained already: it is only calibrated
+    if opts.epochs or not opts.ensemble:  # an ensemble's members are trained: it is calibrated unless asked more
         _fit(learn, opts, checkpoint, state, log)
     learn.logger = print  # the learner is pickled on export: keep only picklable attributes
     probs, targets = validation_preds(learn)
@@ -247,7 +247,10 @@ def _network(opts):
         members = [load_model(path)[0] for path in opts.ensemble]
         side = opts.size or max(ensemble.side_of(m) for m in members)
         net = ensemble.Ensemble([ensemble.member_of(m, side) for m in members])
-        return replace(opts, arch=ensemble.ARCH, size=side), lambda dls: Learner(dls, net, **common)
+        # fine-tuned together, the members learn the resized input they get inside it (dlib's network at 64 px
+        # moves 5% of its answers between PIL's and torch's resampling); there is no head to train alone first
+        opts = replace(opts, arch=ensemble.ARCH, size=side, freeze_epochs=0)
+        return opts, lambda dls: Learner(dls, net, **common)
     if opts.arch == dlib_gender.ARCH:
         net = dlib_gender.pretrained_net() if opts.pretrained else dlib_gender.dlib_gender_net()
         return opts, lambda dls: Learner(dls, net, splitter=dlib_gender.split, **common)

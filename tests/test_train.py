@@ -3,6 +3,7 @@ scratch files, the named lr_find phase."""
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,6 +220,27 @@ def test_an_ensemble_averages_its_members_probabilities_each_at_its_own_side_and
     members = [Classifier(m).probabilities(images) for m in (trained_model, colour48)]
     assert np.abs(members[0] - members[1]).max() > 0.05  # members that disagree, or the mean shows nothing
     np.testing.assert_allclose(Classifier(model).probabilities(images), np.mean(members, axis=0), atol=1e-4)
+
+
+def test_an_ensemble_given_epochs_fine_tunes_its_members_together_and_leaves_their_files(
+        tmp_path, cli, dataset, trained_model):
+    from sorter.hashing import sha256_of
+    from sorter.model import load_model
+
+    other = tmp_path / "other.pkl"
+    shutil.copy(trained_model, other)
+    before = [sha256_of(m) for m in (trained_model, other)]
+    model = tmp_path / "tuned.pkl"
+    result = cli("train", dataset, "--model", model, "--ensemble", trained_model, "--ensemble", other,
+                 "--epochs", "1", "--lr", "1e-3", "--freeze-epochs", "1")
+    assert result.exit_code == 0, result.output
+    tuned = load_model(model)[0].model.members
+    source = load_model(trained_model)[0].model.state_dict()
+    moved = [max((member.net.state_dict()[k].float() - v.float()).abs().max().item() for k, v in source.items())
+             for member in tuned]
+    assert min(moved) > 0  # every member trained, the source models' files untouched
+    assert [sha256_of(m) for m in (trained_model, other)] == before
+    assert len(json.loads(metrics_path(model).read_text())["members"]) == 2
 
 
 @pytest.mark.parametrize("extra", [[], ["--init-from", "{m}"], ["--resume"]])

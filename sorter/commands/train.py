@@ -19,7 +19,8 @@ from ..console import is_terminal, print_table
               help="Pretrained CNN to fine-tune: an ImageNet one, or dlib's face-trained gender network.")
 @click.option("--size", type=click.IntRange(32),
               help="Image side in pixels. [default: 32 for dlib_gender, else 128]")
-@click.option("--epochs", default=3, show_default=True, type=click.IntRange(0), help="Epochs with all layers.")
+@click.option("--epochs", type=click.IntRange(0),
+              help="Epochs with all layers. [default: 3; with --ensemble 0: calibrate only]")
 @click.option("--freeze-epochs", default=1, show_default=True, type=click.IntRange(0),
               help="Epochs training the head only first.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate. Default: lr_find's.")
@@ -47,8 +48,9 @@ from ..console import is_terminal, print_table
 @click.option("--balance", is_flag=True,
               help="Draw training images so that each label, and each group within it, weighs fairly.")
 @click.option("--ensemble", "ensemble", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Instead of training, combine these exported models (repeat it: two or more) into one that "
-                   "averages their probabilities; only its threshold is calibrated, on DATA_DIR's validation split.")
+              help="Combine these exported models (repeat it: two or more) into one that averages their "
+                   "probabilities; only its threshold is calibrated, on DATA_DIR's validation split, unless "
+                   "--epochs fine-tunes all of them together first (no --freeze-epochs: it has no head alone).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training from its last epoch (same options).")
 @click.option("--workers", type=click.IntRange(0),
               help="Processes loading images (and cropping faces). [default: 2; none under 512 images]")
@@ -66,6 +68,8 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
     from ..device import resolve_device, training_device
     from ..training import TrainOptions, train as train_model
 
+    if epochs is None:
+        epochs = 0 if ensemble else TrainOptions.epochs
     opts = TrainOptions(arch=arch, size=size, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr,
                         batch_size=batch_size, valid_pct=valid_pct, seed=seed, pretrained=not no_pretrained,
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
