@@ -31,15 +31,22 @@ class Member(nn.Module):
 
 
 class Ensemble(nn.Module):
-    """The members' mean probability per label, returned as a logit, so the multi-label loss, the threshold and
-    everything downstream treat the ensemble as one network."""
+    """The members' mean probability per label (weighted, when weights are given), returned as a logit, so the
+    multi-label loss, the threshold and everything downstream treat the ensemble as one network."""
 
-    def __init__(self, members):
+    def __init__(self, members, weights=None):
         super().__init__()
         self.members = nn.ModuleList(members)
+        weights = torch.as_tensor(weights if weights else [1.0] * len(members), dtype=torch.float32)
+        self.register_buffer("weights", (weights / weights.sum()).reshape(-1, 1, 1))
+
+    def __setstate__(self, state):  # an ensemble exported before members had weights: equal ones
+        super().__setstate__(state)
+        if "weights" not in self._buffers:
+            self.register_buffer("weights", torch.full((len(self.members), 1, 1), 1 / len(self.members)))
 
     def forward(self, x):
-        probs = torch.stack([torch.sigmoid(member(x)) for member in self.members]).mean(dim=0)
+        probs = (torch.stack([torch.sigmoid(member(x)) for member in self.members]) * self.weights).sum(dim=0)
         return torch.logit(probs, eps=EPS)
 
 

@@ -58,6 +58,7 @@ class TrainOptions:
     balance: bool = False  # sample so labels, and groups within a label, weigh fairly (LABEL_SHARE, sample_weights)
     progress_bars: bool = True  # fastai's bars; off under cron, where a CSV history is written instead
     ensemble: tuple = ()  # exported models to combine (sorter.ensemble) instead of training one
+    ensemble_weights: tuple = ()  # each member's weight in the ensemble's mean (none: equal)
 
 
 class Degrade(RandTransform):
@@ -224,7 +225,9 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
 
 def _members(opts):
     """An ensemble's members as its metrics record them: each file and its sha256."""
-    return {"members": [{"model": str(p), "sha256": sha256_of(p)} for p in opts.ensemble]} if opts.ensemble else {}
+    weights = opts.ensemble_weights or [1.0] * len(opts.ensemble)
+    return {"members": [{"model": str(p), "sha256": sha256_of(p), "weight": w / sum(weights)}
+                        for p, w in zip(opts.ensemble, weights)]} if opts.ensemble else {}
 
 
 def _fit(learn, opts, checkpoint, state, log):
@@ -246,7 +249,7 @@ def _network(opts):
     if opts.ensemble:
         members = [load_model(path)[0] for path in opts.ensemble]
         side = opts.size or max(ensemble.side_of(m) for m in members)
-        net = ensemble.Ensemble([ensemble.member_of(m, side) for m in members])
+        net = ensemble.Ensemble([ensemble.member_of(m, side) for m in members], opts.ensemble_weights)
         # fine-tuned together, the members learn the resized input they get inside it (dlib's network at 64 px
         # moves 5% of its answers between PIL's and torch's resampling); there is no head to train alone first
         opts = replace(opts, arch=ensemble.ARCH, size=side, freeze_epochs=0)

@@ -199,10 +199,11 @@ def test_sigterm_stops_training_and_removes_its_scratch_files(tmp_path, scratch)
     assert os.listdir(scratch[0]) == lr_find_scratch(scratch[1]) == [] and not (tmp_path / "m.pkl").exists()
 
 
+@pytest.mark.parametrize("weights", [(), (3.0, 1.0)])
 def test_an_ensemble_averages_its_members_probabilities_each_at_its_own_side_and_normalisation(
-        tmp_path, cli, dataset, trained_model):
+        tmp_path, cli, dataset, trained_model, weights):
     """A resnet (ImageNet normalisation, 32 px) and the colour model (none, 48 px): on flat-colour images, which
-    resizing and mirroring leave as they are, the ensemble's probabilities are the mean of its members'."""
+    resizing and mirroring leave as they are, the ensemble's probabilities are the (weighted) mean of its members'."""
     import numpy as np
     from colour_model import export_colour_model
     from PIL import Image
@@ -211,15 +212,19 @@ def test_an_ensemble_averages_its_members_probabilities_each_at_its_own_side_and
 
     colour48 = export_colour_model(sorted(dataset.rglob("*.jpg")), tmp_path / "colour48.pkl", size=48)
     model = tmp_path / "ensemble.pkl"
-    result = cli("train", dataset, "--model", model, "--ensemble", trained_model, "--ensemble", colour48)
+    result = cli("train", dataset, "--model", model, "--ensemble", trained_model, "--ensemble", colour48,
+                 *[arg for w in weights for arg in ("--weight", str(w))])
     assert result.exit_code == 0, result.output
     metrics = json.loads(metrics_path(model).read_text())
     assert (metrics["arch"], metrics["size"]) == ("ensemble", 48)
     assert [m["model"] for m in metrics["members"]] == [str(trained_model), str(colour48)]
+    share = np.array(weights or (1.0, 1.0)) / sum(weights or (1.0, 1.0))
+    assert [m["weight"] for m in metrics["members"]] == pytest.approx(share)
     images = [Image.new("RGB", (64, 48), colour) for colour in [*COLOURS.values(), (128, 128, 128), (200, 40, 200)]]
     members = [Classifier(m).probabilities(images) for m in (trained_model, colour48)]
     assert np.abs(members[0] - members[1]).max() > 0.05  # members that disagree, or the mean shows nothing
-    np.testing.assert_allclose(Classifier(model).probabilities(images), np.mean(members, axis=0), atol=1e-4)
+    expected = share[0] * members[0] + share[1] * members[1]
+    np.testing.assert_allclose(Classifier(model).probabilities(images), expected, atol=1e-4)
 
 
 def test_an_ensemble_given_epochs_fine_tunes_its_members_together_and_leaves_their_files(
@@ -249,3 +254,25 @@ def test_an_ensemble_needs_two_models_and_no_training_options(tmp_path, cli, dat
     result = cli("train", dataset, "--model", tmp_path / "e.pkl", "--ensemble", trained_model, *more,
                  *[a.format(m=trained_model) for a in extra])
     assert result.exit_code == 2 and "--ensemble takes two or more models" in result.output
+
+
+def test_an_ensemble_takes_one_weight_per_model(tmp_path, cli, dataset, trained_model):
+    result = cli("train", dataset, "--model", tmp_path / "e.pkl", "--ensemble", trained_model, "--ensemble",
+                 trained_model, "--weight", "1")
+    assert result.exit_code == 2 and "--weight takes one weight for each --ensemble model" in result.output
+
+
+def test_an_ensemble_exported_before_weights_loads_with_equal_ones():
+    import pickle
+
+    import torch
+
+    from sorter.ensemble import Ensemble, Member
+
+    members = [Member(torch.nn.Conv2d(3, 2, 1), 8, (0.0,) * 3, (1.0,) * 3, 8) for _ in range(2)]
+    old = Ensemble(members, [3.0, 1.0])
+    del old._buffers["weights"]  # as pickled before weights existed
+    loaded = pickle.loads(pickle.dumps(old))
+    x = torch.rand(1, 3, 8, 8)
+    expected = torch.logit(torch.stack([torch.sigmoid(m(x)) for m in members]).mean(dim=0), eps=1e-6)
+    torch.testing.assert_close(loaded(x), expected)

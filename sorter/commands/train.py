@@ -51,6 +51,8 @@ from ..console import is_terminal, print_table
               help="Combine these exported models (repeat it: two or more) into one that averages their "
                    "probabilities; only its threshold is calibrated, on DATA_DIR's validation split, unless "
                    "--epochs fine-tunes all of them together first (no --freeze-epochs: it has no head alone).")
+@click.option("--weight", "ensemble_weights", multiple=True, type=click.FloatRange(0, min_open=True),
+              help="With --ensemble, one per model in the same order: its weight in the mean. [default: equal]")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training from its last epoch (same options).")
 @click.option("--workers", type=click.IntRange(0),
               help="Processes loading images (and cropping faces). [default: 2; none under 512 images]")
@@ -58,13 +60,16 @@ from ..console import is_terminal, print_table
 @click.option("--json", "as_json", is_flag=True, help="Print the validation metrics as JSON.")
 @reports_errors
 def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_size, valid_pct, seed, no_pretrained,
-          crop_faces_to, per_folder, degrade, grey, init_from, groups, balance, ensemble, resume, workers, device, as_json):
+          crop_faces_to, per_folder, degrade, grey, init_from, groups, balance, ensemble, ensemble_weights, resume,
+          workers, device, as_json):
     """Train on DATA_DIR, where each image's label is the nearest folder named male, female or neither.
 
     The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
     """
     if ensemble and (len(ensemble) < 2 or init_from or resume):
         raise click.UsageError("--ensemble takes two or more models, and no --init-from or --resume")
+    if ensemble_weights and len(ensemble_weights) != len(ensemble):
+        raise click.UsageError("--weight takes one weight for each --ensemble model")
     from ..device import resolve_device, training_device
     from ..training import TrainOptions, train as train_model
 
@@ -74,6 +79,7 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
                         batch_size=batch_size, valid_pct=valid_pct, seed=seed, pretrained=not no_pretrained,
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
                         init_from=init_from, groups=groups, balance=balance, workers=workers, ensemble=ensemble,
+                        ensemble_weights=ensemble_weights,
                         progress_bars=is_terminal() and not as_json)
     with signals_stop_training(), training_device(resolve_device(device)):
         metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json), resume=resume)
