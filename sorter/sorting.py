@@ -33,8 +33,8 @@ from .state import OutputLock, State
 CUMULATIVE_REPORT = "facesort-report.csv"
 LOGGED_FAILURES = 20  # failures named in the log (and so in the nightly mail); the run's CSV has them all
 NOT_RETRIED = " (unchanged since the last run: not retried)"
-# chunks queued for the decoding threads: with only the next one, they idled at its end until this one was
-# classified and placed (12 MP photos: 1.57 of 2 cores busy)
+# chunks queued for the decoding threads, so they have work while this one is classified and placed (alone,
+# within noise of 1; with COPY_THREADS, whole-image 12 MP photos sorted 18% faster: README)
 DECODE_AHEAD = 2
 # threads placing a chunk's copies: each waits on its fsync, so one at a time left the cores idle (12 MP photos,
 # whole-image: 31 photos/s with copies, 41 without)

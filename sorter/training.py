@@ -224,7 +224,7 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
 
 
 def _members(opts):
-    """An ensemble's members as its metrics record them: each file and its sha256."""
+    """An ensemble's members as its metrics record them: each file, its sha256 and its share of the mean."""
     weights = opts.ensemble_weights or [1.0] * len(opts.ensemble)
     return {"members": [{"model": str(p), "sha256": sha256_of(p), "weight": w / sum(weights)}
                         for p, w in zip(opts.ensemble, weights)]} if opts.ensemble else {}
