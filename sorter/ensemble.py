@@ -37,17 +37,26 @@ class Ensemble(nn.Module):
     def __init__(self, members, weights=None):
         super().__init__()
         self.members = nn.ModuleList(members)
-        weights = torch.as_tensor(weights if weights else [1.0] * len(members), dtype=torch.float32)
-        self.register_buffer("weights", (weights / weights.sum()).reshape(-1, 1, 1))
+        self._set_weights(weights)
 
     def __setstate__(self, state):  # an ensemble exported before members had weights: equal ones
         super().__setstate__(state)
         if "weights" not in self._buffers:
-            self.register_buffer("weights", torch.full((len(self.members), 1, 1), 1 / len(self.members)))
+            self._set_weights(None)
+
+    def _set_weights(self, weights):
+        shares = torch.tensor(weight_shares(weights, len(self.members)), dtype=torch.float32)
+        self.register_buffer("weights", shares.reshape(-1, 1, 1))
 
     def forward(self, x):
         probs = (torch.stack([torch.sigmoid(member(x)) for member in self.members]) * self.weights).sum(dim=0)
         return torch.logit(probs, eps=EPS)
+
+
+def weight_shares(weights, count):
+    """Each member's share of the mean: the given weights scaled to sum to 1, or equal shares when none are given."""
+    weights = list(weights) if weights else [1.0] * count
+    return [w / sum(weights) for w in weights]
 
 
 def member_of(learn, input_side):

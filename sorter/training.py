@@ -225,9 +225,9 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
 
 def _members(opts):
     """An ensemble's members as its metrics record them: each file, its sha256 and its share of the mean."""
-    weights = opts.ensemble_weights or [1.0] * len(opts.ensemble)
-    return {"members": [{"model": str(p), "sha256": sha256_of(p), "weight": w / sum(weights)}
-                        for p, w in zip(opts.ensemble, weights)]} if opts.ensemble else {}
+    shares = ensemble.weight_shares(opts.ensemble_weights, len(opts.ensemble))
+    return {"members": [{"model": str(p), "sha256": sha256_of(p), "weight": w}
+                        for p, w in zip(opts.ensemble, shares)]} if opts.ensemble else {}
 
 
 def _fit(learn, opts, checkpoint, state, log):
