@@ -394,10 +394,10 @@ def _classify_chunks(jobs, classifier, opts, events):
                 decoded = [item for items, _ in done for item in items]
                 if index + DECODE_AHEAD < len(chunks):
                     ahead.append(decode(pool, chunks[index + DECODE_AHEAD]))
-                threads.apply()
+                threads.apply(classifier.learn.model)
                 start = time.perf_counter()
                 rows = _classify(chunk, decoded, classifier, finder, opts)
-                threads.update(sum(cpu for _, cpu in done), time.perf_counter() - start)
+                threads.update(sum(cpu for _, cpu in done), time.perf_counter() - start, len(decoded))
                 yield rows
         finally:
             for future in (f for pending in ahead for f in pending):  # a stopped run waits for no chunk ahead

@@ -31,10 +31,27 @@ def test_model_gets_a_quarter_of_the_cpus_and_at_least_one_thread():
 def test_the_model_gets_every_cpu_while_decoding_costs_less_than_classifying():
     threads = ModelThreads(cpus=8)
     assert threads.count == 2  # a quarter, until a chunk has been measured
-    threads.update(decode_cpu=0.5, classify_seconds=1.0)  # small photos: 0.5 CPU s decoding, 2 CPU s classifying
+    threads.update(decode_cpu=0.5, classify_seconds=1.0, images=100)  # small photos: 0.5 CPU s decoding, 2 classifying
     assert threads.count == 8
-    threads.update(decode_cpu=3.0, classify_seconds=0.25)  # phone photos: decoding costs more than the model
+    threads.update(decode_cpu=3.0, classify_seconds=0.25, images=100)  # phone photos: decoding costs more than the model
     assert threads.count == 2
+
+
+@pytest.mark.parametrize("together, apart, kept", [(1.0, 0.8, True), (0.8, 1.0, False)])
+def test_with_every_cpu_the_mirror_images_go_together_then_apart_and_the_faster_way_is_kept(together, apart, kept):
+    threads = ModelThreads(cpus=2)
+    threads.update(decode_cpu=0.1, classify_seconds=1.0, images=100)  # one thread: not a trial
+    assert (threads.count, threads.apart, threads.per_image) == (2, False, {})
+    threads.update(decode_cpu=0.1, classify_seconds=together, images=100)
+    assert threads.apart is True
+    threads.update(decode_cpu=0.1, classify_seconds=apart * 1.5, images=150)  # seconds per image compared
+    assert threads.apart is kept
+    threads.update(decode_cpu=0.1, classify_seconds=9.0, images=100)  # measured once: one slow chunk changes nothing
+    assert threads.apart is kept
+    model = torch.nn.Identity()
+    with torch_threads(1):
+        threads.apply(model)
+        assert (torch.get_num_threads(), model.apart) == (2, kept)
 
 
 def test_torch_threads_restores_the_previous_count():

@@ -30,6 +30,22 @@ def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_ima
     assert all(torch.equal(kept[k], v) for k, v in exported.state_dict().items())  # exports stay unfused
 
 
+@pytest.mark.parametrize("mode", ["inference", "no_grad"])
+def test_the_mirror_images_apart_in_two_threads_give_the_same_logits(mode):
+    from sorter.inference import inference_model, torch_threads
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 2))
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = inference_model(net)
+    with (torch.inference_mode() if mode == "inference" else torch.no_grad()), torch_threads(2):
+        together = model(x)
+        model.apart = True
+        apart = model(x)
+        assert torch.get_num_threads() == 2  # the half it ran with is given back
+    assert apart == pytest.approx(together, abs=1e-5) and not apart.requires_grad
+
+
 class BranchingNet(torch.nn.Module):
     """A network torch.fx cannot trace: it branches on a tensor's value (always true, so batches do not matter)."""
 
