@@ -44,31 +44,36 @@ class ModelThreads:
 
     While decoding a chunk (and, face-aware, detecting its faces) costs more CPU than classifying it, the decoding
     threads keep the other cores busy and the model gets `model_threads`; when decoding costs less (small photos,
-    whole-image), the decoding threads idle while the model runs, so the model gets every CPU. With every CPU, the
-    first chunk is classified with the mirror images together (`MirrorAveraged.apart` off), the next apart, and the
-    way that took less time per image is kept."""
+    whole-image), the decoding threads idle while the model runs, so the model gets every CPU, and it gets them
+    too whenever no photo is left decoding (a run's last chunk, or its only one: a night's few new photos). With
+    every CPU, the first chunk of TRIAL_IMAGES or more is classified with the mirror images together
+    (`MirrorAveraged.apart` off), the next apart, and the way that took less time per image is kept."""
+
+    TRIAL_IMAGES = 32  # fewer images time the two ways too roughly to choose between them
 
     def __init__(self, cpus=None):
         self.cpus = cpus or available_cpus()
-        self.count = model_threads(self.cpus)
+        self.count = self.used = model_threads(self.cpus)
         self.apart = False
         self.per_image = {}  # seconds per image of the first chunk classified with several threads, by `apart`
 
+    def apply(self, model, decoding=True):
+        """Set torch's threads and the model's way for the next chunk; `decoding`: whether photos are decoding
+        meanwhile."""
+        import torch
+
+        self.used = self.count if decoding else self.cpus
+        torch.set_num_threads(self.used)
+        model.apart = self.apart
+
     def update(self, decode_cpu, classify_seconds, images):
-        """Decoding's CPU seconds for a chunk, the seconds the model took to classify its `images` at `count`
-        threads."""
-        if self.count > 1 and self.apart not in self.per_image and images:
+        """Decoding's CPU seconds for a chunk, the seconds the model took to classify its `images` as applied."""
+        if self.used > 1 and self.apart not in self.per_image and images >= self.TRIAL_IMAGES:
             self.per_image[self.apart] = classify_seconds / images
-        cheap = decode_cpu < classify_seconds * self.count
+        cheap = decode_cpu < classify_seconds * self.used
         self.count = self.cpus if cheap else model_threads(self.cpus)
         untried = [apart for apart in (False, True) if apart not in self.per_image]
         self.apart = untried[0] if untried else min(self.per_image, key=self.per_image.get)
-
-    def apply(self, model):
-        import torch
-
-        torch.set_num_threads(self.count)
-        model.apart = self.apart
 
 
 @contextmanager

@@ -394,10 +394,11 @@ def _classify_chunks(jobs, classifier, opts, events):
                 decoded = [item for items, _ in done for item in items]
                 if index + DECODE_AHEAD < len(chunks):
                     ahead.append(decode(pool, chunks[index + DECODE_AHEAD]))
-                threads.apply(classifier.learn.model)
+                threads.apply(classifier.learn.model, decoding=any(not f.done() for fs in ahead for f in fs))
                 start = time.perf_counter()
                 rows = _classify(chunk, decoded, classifier, finder, opts)
-                threads.update(sum(cpu for _, cpu in done), time.perf_counter() - start, len(decoded))
+                classified = sum(not isinstance(item, ImageError) for item in decoded)
+                threads.update(sum(cpu for _, cpu in done), time.perf_counter() - start, classified)
                 yield rows
         finally:
             for future in (f for pending in ahead for f in pending):  # a stopped run waits for no chunk ahead

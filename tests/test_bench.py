@@ -39,19 +39,35 @@ def test_the_model_gets_every_cpu_while_decoding_costs_less_than_classifying():
 
 @pytest.mark.parametrize("together, apart, kept", [(1.0, 0.8, True), (0.8, 1.0, False)])
 def test_with_every_cpu_the_mirror_images_go_together_then_apart_and_the_faster_way_is_kept(together, apart, kept):
-    threads = ModelThreads(cpus=2)
-    threads.update(decode_cpu=0.1, classify_seconds=1.0, images=100)  # one thread: not a trial
-    assert (threads.count, threads.apart, threads.per_image) == (2, False, {})
-    threads.update(decode_cpu=0.1, classify_seconds=together, images=100)
-    assert threads.apart is True
-    threads.update(decode_cpu=0.1, classify_seconds=apart * 1.5, images=150)  # seconds per image compared
-    assert threads.apart is kept
-    threads.update(decode_cpu=0.1, classify_seconds=9.0, images=100)  # measured once: one slow chunk changes nothing
-    assert threads.apart is kept
-    model = torch.nn.Identity()
+    threads, model = ModelThreads(cpus=2), torch.nn.Identity()
+
+    def chunk(seconds, images=100):  # as a run does it: apply, classify (timed), update
+        threads.apply(model)
+        threads.update(decode_cpu=0.1, classify_seconds=seconds, images=images)
+
     with torch_threads(1):
+        chunk(1.0)  # one thread: not a trial
+        assert (threads.count, threads.apart, threads.per_image) == (2, False, {})
+        chunk(0.1, images=ModelThreads.TRIAL_IMAGES - 1)  # too few images to time a way by
+        chunk(together)
+        assert threads.apart is True
+        chunk(apart * 1.5, images=150)  # seconds per image compared
+        assert threads.apart is kept
+        chunk(9.0)  # measured once: one slow chunk changes nothing
+        assert threads.apart is kept
         threads.apply(model)
         assert (torch.get_num_threads(), model.apart) == (2, kept)
+
+
+def test_the_model_gets_every_cpu_while_no_photo_is_decoding():
+    threads = ModelThreads(cpus=8)
+    with torch_threads(1):
+        threads.apply(torch.nn.Identity(), decoding=True)
+        assert torch.get_num_threads() == 2  # a quarter: the decoding threads have the rest
+        threads.apply(torch.nn.Identity(), decoding=False)  # the last chunk, or the only one
+        assert torch.get_num_threads() == 8
+    threads.update(decode_cpu=0.5, classify_seconds=0.25, images=100)  # 2 CPU s at 8 threads: still cheap
+    assert threads.count == 8
 
 
 def test_torch_threads_restores_the_previous_count():
