@@ -13,7 +13,7 @@ class MirrorAveraged(nn.Module):
 
     With `apart` set, on a CPU with two or more torch threads, the images and their mirrors go through as two
     batches in two threads, each with half the threads: a small batch split across threads by torch (intra-op)
-    spends a third of its CPU keeping them in step, and two independent batches spend none (MobileNetV2 at 128
+    spends about a quarter of its CPU keeping them in step, and two independent batches spend none (MobileNetV2 at 128
     px, batches of 16: 3.6-4.3 ms of wall time per image against 4.5-5.1; README). It does not pay for every
     network, so `sorter.inference.ModelThreads` measures both ways on a run's own photos and keeps the faster.
     """
