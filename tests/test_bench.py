@@ -33,7 +33,7 @@ def test_the_model_gets_every_cpu_while_decoding_costs_less_than_classifying():
     assert threads.count == 2  # a quarter, until a chunk has been measured
     threads.update(decode_cpu=0.5, classify_seconds=1.0, images=100)  # small photos: 0.5 CPU s decoding, 2 classifying
     assert threads.count == 8
-    threads.update(decode_cpu=3.0, classify_seconds=0.25, images=100)  # phone photos: decoding costs more than the model
+    threads.update(decode_cpu=3.0, classify_seconds=0.25, images=100)  # phone photos: decoding costs more
     assert threads.count == 2
 
 
