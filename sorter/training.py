@@ -16,7 +16,8 @@ import torch
 
 from fastai.vision.all import (
     BCEWithLogitsLossFlat, Callback, DataBlock, FuncSplitter, ImageBlock, Learner, MultiCategoryBlock, Normalize,
-    PILImage, ProgressCallback, RandomResizedCrop, RandomSplitter, RandTransform, accuracy_multi, aug_transforms,
+    PILImage, ProgressCallback, RandomErasing, RandomResizedCrop, RandomSplitter, RandTransform, accuracy_multi,
+    aug_transforms,
     progress_bar, set_seed, vision_learner,
 )
 from PIL import Image, ImageOps
@@ -53,6 +54,7 @@ class TrainOptions:
     per_folder: int | None = None  # with crop_faces_to: use at most this many images of each folder
     degrade: float = 0.3  # share of training images shrunk and re-compressed like small faces in real photos
     grey: float = 0.0  # share of training images turned black-and-white, like old or artistic photos
+    erase: float = 0.0  # share of training batches with a random rectangle replaced by noise (hair, caps)
     init_from: str | None = None  # an exported facesort model whose weights training starts from
     groups: str | None = None  # a metadata CSV (see sorter.groups): balance training and report validation per group
     balance: bool = False  # sample so labels, and groups within a label, weigh fairly (LABEL_SHARE, sample_weights)
@@ -155,7 +157,8 @@ def make_dataloaders(items, opts, root=None, groups=None):
         splitter=splitter,
         item_tfms=[RandomResizedCrop(input_size(opts), min_scale=0.6), Degrade(opts.degrade),
                    *([Greyscale(opts.grey)] if opts.grey else [])],  # absent at 0: the random draws stay as they were
-        batch_tfms=[*aug_transforms(max_lighting=0.4, max_zoom=1.2), *norm],
+        batch_tfms=[*aug_transforms(max_lighting=0.4, max_zoom=1.2), *norm,
+                    *([RandomErasing(opts.erase, max_count=1)] if opts.erase else [])],  # after Normalize: noise
     )
     if opts.balance:
         return block.weighted_dataloaders(items, sample_weights(items, groups), bs=opts.batch_size,

@@ -147,6 +147,22 @@ def test_greyscale_turns_training_images_black_and_white_only():
     assert training.Greyscale(p=1.0)(image, split_idx=1) is image  # never at validation or prediction
 
 
+def test_erase_hides_a_rectangle_of_training_batches_only(dataset):
+    import torch
+    from fastai.vision.all import RandomErasing, TensorImage
+
+    plain = training.make_dataloaders(sorted(dataset.rglob("*.jpg")), training.TrainOptions(size=32, workers=0))
+    assert not any(isinstance(t, RandomErasing) for t in plain.after_batch)  # off by default: draws as before
+    dls = training.make_dataloaders(sorted(dataset.rglob("*.jpg")),
+                                    training.TrainOptions(size=32, batch_size=8, workers=0, erase=1.0))
+    assert isinstance(dls.after_batch[-1], RandomErasing)  # after Normalize: the noise is in the network's scale
+    batch = TensorImage(torch.zeros(8, 3, 32, 32))
+    erased = dls.after_batch[-1](batch.clone(), split_idx=0)
+    assert ((erased != 0).flatten(1).any(dim=1)).all()  # every image of the batch has a rectangle of noise
+    assert (erased == 0).flatten(1).any(dim=1).all()  # a rectangle, not the whole image
+    assert (dls.after_batch[-1](batch, split_idx=1) == 0).all()  # never at validation or prediction
+
+
 def test_train_refuses_a_face_crop_folder_that_is_not_empty(cli, dataset, tmp_path):
     (tmp_path / "crops").mkdir()
     (tmp_path / "crops" / "keep.txt").write_text("mine")

@@ -40,6 +40,10 @@ from ..console import is_terminal, print_table
               help="Share of training images shrunk and JPEG-compressed, like small faces in real photos.")
 @click.option("--grey", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Share of training images turned black-and-white, for black-and-white photos.")
+@click.option("--erase", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of training batches with a random rectangle (up to 30% of each image, the same one "
+                   "across the batch: fastai's RandomErasing) replaced by noise, so that no one part of a face "
+                   "(hair, a cap, glasses) decides its label.")
 @click.option("--init-from", type=click.Path(dir_okay=False),
               help="Start from this exported model's weights (same --arch), e.g. to fine-tune the bundled model.")
 @click.option("--groups", type=click.Path(dir_okay=False),
@@ -60,8 +64,8 @@ from ..console import is_terminal, print_table
 @click.option("--json", "as_json", is_flag=True, help="Print the validation metrics as JSON.")
 @reports_errors
 def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_size, valid_pct, seed, no_pretrained,
-          crop_faces_to, per_folder, degrade, grey, init_from, groups, balance, ensemble, ensemble_weights, resume,
-          workers, device, as_json):
+          crop_faces_to, per_folder, degrade, grey, erase, init_from, groups, balance, ensemble, ensemble_weights,
+          resume, workers, device, as_json):
     """Train on DATA_DIR, where each image's label is the nearest folder named male, female or neither.
 
     The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
@@ -78,8 +82,8 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
     opts = TrainOptions(arch=arch, size=size, epochs=epochs, freeze_epochs=freeze_epochs, lr=lr,
                         batch_size=batch_size, valid_pct=valid_pct, seed=seed, pretrained=not no_pretrained,
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
-                        init_from=init_from, groups=groups, balance=balance, workers=workers, ensemble=ensemble,
-                        ensemble_weights=ensemble_weights,
+                        erase=erase, init_from=init_from, groups=groups, balance=balance, workers=workers,
+                        ensemble=ensemble, ensemble_weights=ensemble_weights,
                         progress_bars=is_terminal() and not as_json)
     with signals_stop_training(), training_device(resolve_device(device)):
         metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json), resume=resume)
