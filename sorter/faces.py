@@ -13,6 +13,7 @@ DETECT_SIDE = 320  # detection runs on a copy no longer than this (README, "Face
 MIN_FACE = 24  # smallest face, in pixels of that copy, worth classifying (7.5% of the photo's long side)
 STAGE_THRESHOLDS = (0.8, 0.8, 0.9)  # cut-offs of MTCNN's three networks: fewer candidate boxes
 MIN_CONFIDENCE = 0.92  # MTCNN's probability below which a detection is ignored
+IN_FRAME = 0.5  # a face with less of its box inside the photo is someone cut off by its edge: ignored beside others
 CROP_SIDE = 300  # faces are cropped from the photo decoded with at least this short side, not from the small copy
 MARGIN = 0.25  # crop this much of the face box's size around it on each side, like the training crops
 FACENET = "facenet-pytorch==2.6.0"  # the release scripts/setup installs and the tests run
@@ -76,12 +77,22 @@ class FaceFinder:
 
 
 def _faces(image, boxes, probs, scale):
-    """The confident detections of one image, boxes scaled back to its pixels, with their crops."""
+    """The confident detections of one image, boxes scaled back to its pixels, with their crops; a face mostly
+    outside the photo (a bystander at its edge, MTCNN guessing the rest of the box) counts only if no face is in it."""
     if boxes is None:
         return Faces()
     kept = [(box * scale, float(p)) for box, p in zip(boxes, probs) if p >= MIN_CONFIDENCE]
+    framed = [(box, p) for box, p in kept if _share_inside(box, image.size) >= IN_FRAME]
+    kept = framed or kept
     return Faces([[round(float(v)) for v in box] for box, _ in kept], [square_crop(image, box) for box, _ in kept],
                  [p for _, p in kept])
+
+
+def _share_inside(box, size):
+    """The share of a box's area inside an image of this (width, height)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    inside = max(0.0, min(x1, size[0]) - max(x0, 0.0)) * max(0.0, min(y1, size[1]) - max(y0, 0.0))
+    return inside / max((x1 - x0) * (y1 - y0), 1e-9)
 
 
 def _mtcnn_class():

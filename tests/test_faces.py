@@ -78,6 +78,15 @@ def test_small_photos_are_detected_as_they_are_and_no_face_gives_nothing():
     assert (found.boxes, found.crops, found.probs) == ([], [], [])
 
 
+def test_a_face_mostly_outside_the_photo_counts_only_when_no_face_is_inside_it():
+    # a woman in the photo, and at its edge a bystander of whom MTCNN saw a third: only she is sorted
+    stub = StubMTCNN([[80, 60, 140, 130], [-40, 50, 20, 120], [150, 0, 210, 40]], [0.99, 0.99, 0.99])
+    found = finder_with(stub).find([Image.new("RGB", (200, 200))])[0]
+    assert found.boxes == [[80, 60, 140, 130], [150, 0, 210, 40]]  # 1/3 inside: dropped; 5/6 inside: kept
+    alone = finder_with(StubMTCNN([[-40, 50, 20, 120]], [0.99])).find([Image.new("RGB", (200, 200))])[0]
+    assert alone.boxes == [[-40, 50, 20, 120]]  # the only face: it is who the photo shows
+
+
 def test_a_photo_gets_the_union_of_its_faces_labels_and_the_highest_probabilities(colour_model):
     classifier = Classifier(colour_model)
     finder = ColourFinder([[solid("female"), solid("male")], [solid("male")], []])
