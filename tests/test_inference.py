@@ -17,6 +17,22 @@ def test_a_photo_and_its_mirror_image_get_the_same_probabilities(colour_model, t
     assert probs[0] == pytest.approx(probs[1], abs=1e-5)
 
 
+def test_batches_skip_the_augmentations_that_are_the_identity_outside_training_and_give_fastais_answer(
+        colour_model, tmp_path):
+    from fastai.vision.all import AffineCoordTfm
+    from sorter.images import load_image
+    from sorter.inference import Classifier, inference_batch_tfms
+
+    classifier = Classifier(colour_model)
+    learn = classifier.learn
+    assert any(isinstance(t, AffineCoordTfm) for t in learn.dls.after_batch)  # the trained model has flips, zooms
+    assert not any(isinstance(t, AffineCoordTfm) for t in inference_batch_tfms(learn.dls))
+    photos = [load_image(make_photo(tmp_path / f"{label}.jpg", label, size=(64, 48))) for label in ("male", "female")]
+    with torch.inference_mode(), learn.no_bar():
+        fastais, _ = learn.get_preds(dl=learn.dls.test_dl(photos, num_workers=0))  # every batch transform
+    assert classifier.probabilities(photos) == pytest.approx(fastais.numpy(), abs=1e-5)
+
+
 def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_image(colour_model):
     from sorter.inference import inference_model
     from sorter.model import load_model
