@@ -4,6 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
+from .inference import torch_threads
+
 
 class MirrorAveraged(nn.Module):
     """Test-time flip: the mean of the network's logits for each image and its mirror image.
@@ -22,12 +24,14 @@ class MirrorAveraged(nn.Module):
         super().__init__()
         self.model = model
         self.apart = False
+        self.threads = None  # torch threads for the network alone (None: the caller's), set by ModelThreads
 
     def forward(self, x):
-        if self.apart and not x.is_cuda and torch.get_num_threads() > 1:
-            return self._apart(x)
-        both = self._logits(torch.cat([x, x.flip(-1)]))
-        return (both[:len(x)] + both[len(x):]) / 2
+        with torch_threads(self.threads or torch.get_num_threads()):
+            if self.apart and not x.is_cuda and torch.get_num_threads() > 1:
+                return self._apart(x)
+            both = self._logits(torch.cat([x, x.flip(-1)]))
+            return (both[:len(x)] + both[len(x):]) / 2
 
     def _logits(self, x):
         return self.model(x.contiguous(memory_format=torch.channels_last))

@@ -386,7 +386,7 @@ def _classify_chunks(jobs, classifier, opts, events):
                                finder=finder if finder and finder.detects_while_decoding else None)
     chunks = [jobs[i:i + opts.chunk_size] for i in range(0, len(jobs), opts.chunk_size)]
     threads = ModelThreads()
-    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool, torch_threads(threads.count):
+    with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool, torch_threads(1):  # the model: threads.used
         ahead = deque(decode(pool, chunk) for chunk in chunks[:DECODE_AHEAD])
         try:
             for index, chunk in enumerate(chunks):

@@ -56,16 +56,16 @@ def test_with_every_cpu_the_mirror_images_go_together_then_apart_and_the_faster_
         chunk(9.0)  # measured once: one slow chunk changes nothing
         assert threads.apart is kept
         threads.apply(model)
-        assert (torch.get_num_threads(), model.apart) == (2, kept)
+        assert (model.threads, model.apart) == (2, kept)
+        assert torch.get_num_threads() == 1  # the caller's own count: the batches' tensor work stays on one thread
 
 
 def test_the_model_gets_every_cpu_while_no_photo_is_decoding():
-    threads = ModelThreads(cpus=8)
-    with torch_threads(1):
-        threads.apply(torch.nn.Identity(), decoding=True)
-        assert torch.get_num_threads() == 2  # a quarter: the decoding threads have the rest
-        threads.apply(torch.nn.Identity(), decoding=False)  # the last chunk, or the only one
-        assert torch.get_num_threads() == 8
+    threads, model = ModelThreads(cpus=8), torch.nn.Identity()
+    threads.apply(model, decoding=True)
+    assert model.threads == 2  # a quarter: the decoding threads have the rest
+    threads.apply(model, decoding=False)  # the last chunk, or the only one
+    assert model.threads == 8
     threads.update(decode_cpu=0.5, classify_seconds=0.25, images=100)  # 2 CPU s at 8 threads: still cheap
     assert threads.count == 8
 

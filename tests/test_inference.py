@@ -46,6 +46,32 @@ def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_ima
     assert all(torch.equal(kept[k], v) for k, v in exported.state_dict().items())  # exports stay unfused
 
 
+class ThreadsSeen(torch.nn.Module):
+    """Records the torch threads each call ran with."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(torch.get_num_threads())
+        return x.mean(dim=(2, 3))[:, :2]
+
+
+def test_the_network_runs_with_the_models_threads_and_the_caller_keeps_its_own():
+    from sorter.inference import torch_threads
+    from sorter.mirror import MirrorAveraged
+
+    net = ThreadsSeen()
+    model = MirrorAveraged(net)
+    with torch.inference_mode(), torch_threads(1):
+        model(torch.zeros(2, 3, 4, 4))
+        model.threads = 2
+        model(torch.zeros(2, 3, 4, 4))
+        assert torch.get_num_threads() == 1
+    assert net.seen == [1, 2]
+
+
 @pytest.mark.parametrize("mode", ["inference", "no_grad"])
 def test_the_mirror_images_apart_in_two_threads_give_the_same_logits(mode):
     from sorter.inference import inference_model, torch_threads
