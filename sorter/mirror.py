@@ -41,11 +41,8 @@ class MirrorAveraged(nn.Module):
         with ThreadPoolExecutor(1) as helper:  # torch's grad modes and thread counts are per thread: passed on
             mirrored = helper.submit(self._in_thread, x.flip(-1), threads // 2, torch.is_inference_mode_enabled(),
                                      torch.is_grad_enabled())
-            torch.set_num_threads(threads - threads // 2)
-            try:
+            with torch_threads(threads - threads // 2):
                 logits = self._logits(x)
-            finally:
-                torch.set_num_threads(threads)
             return (logits + mirrored.result()) / 2
 
     def _in_thread(self, x, threads, inference, grad):
