@@ -131,7 +131,8 @@ def classify_chunk(chunk, worker):
     with torch_threads(1):
         paths, size = [job.path for job in chunk], sorting.DETECT_BATCH
         decoded = [item for i in range(0, len(paths), size)
-                   for item in sorting._decode_batch(paths[i:i + size], worker.min_side, worker.finder)]
+                   for item in sorting._decode_batch(paths[i:i + size], worker.min_side, worker.finder,
+                                                       prepare=sorting.preparer(worker.classifier, worker.opts))]
         return sorting._classify(chunk, decoded, worker.classifier, worker.finder, worker.opts)
 
 

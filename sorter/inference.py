@@ -2,8 +2,10 @@
 
 torch is imported where it is used: a run with nothing to classify, which imports this module, never needs it.
 """
+import copy
 import gc
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -114,6 +116,17 @@ def inference_batch_tfms(dls):
     return Pipeline([t for t in dls.after_batch if not (isinstance(t, AffineCoordTfm) and t.size is None)])
 
 
+def split_item_tfms(dls):
+    """The item transforms as two pipelines: those before ToTensor (the crop and resize of a PIL image, run on the
+    decoding threads by `facesort run --whole-image`, where they cost the serial main thread 1.3 ms a ~500 px
+    photo: README, Performance) and the rest, which `test_dl` runs on the prepared images."""
+    from fastai.vision.all import Pipeline, ToTensor
+
+    tfms = list(dls.after_item)
+    cut = next((i for i, t in enumerate(tfms) if isinstance(t, ToTensor)), len(tfms))
+    return Pipeline(tfms[:cut], split_idx=1), Pipeline(tfms[cut:], split_idx=1)
+
+
 class Classifier:
     """An exported facesort learner with its threshold; `probabilities` is the only place the model runs.
 
@@ -150,6 +163,8 @@ class Classifier:
             learn.model = inference_model(learn.model).to(self.device)  # fp32 on CUDA too: half is unmeasured
             learn.dls.to(self.device)
             self._after_batch = inference_batch_tfms(learn.dls)
+            self._prepare, self._after_prepared = split_item_tfms(learn.dls)
+            self._threads = threading.local()  # each thread's own copy of `_prepare`: see `prepare`
             self._learn = learn
             # torch, fastai and the model hold ~500,000 objects that never become garbage: frozen, they are not
             # traversed by the collection after each batch call (400-500 ms of CPU each here, 0.01 ms after)
@@ -157,15 +172,26 @@ class Classifier:
             gc.freeze()
         return self
 
-    def probabilities(self, images, batch_size=BATCH_SIZE):
-        """Sigmoid outputs for a list of PIL images, shape (n, 2) in VOCAB order."""
+    def prepare(self, image):
+        """The image as the model's item transforms crop and resize it, ready for `probabilities(prepared=True)`.
+        Each thread runs its own copy of the transforms: fastai's RandomResizedCrop keeps the size of the image it
+        is cropping on itself, so two decoding threads sharing it could crop one photo by another's size."""
+        own = self.load()._threads
+        if not hasattr(own, "prepare"):
+            own.prepare = copy.deepcopy(self._prepare)
+        return own.prepare(image)
+
+    def probabilities(self, images, batch_size=BATCH_SIZE, prepared=False):
+        """Sigmoid outputs for a list of PIL images (`prepared`: each already through `prepare`), shape (n, 2) in
+        VOCAB order."""
         import torch
 
         if not images:
             return np.zeros((0, len(VOCAB)), dtype=np.float32)
         if self.device == "cuda":
             batch_size = max(batch_size, CUDA_BATCH_SIZE)
-        dl = self.learn.dls.test_dl(images, bs=batch_size, num_workers=0, after_batch=self._after_batch)
+        item = {"after_item": self._after_prepared} if prepared else {}
+        dl = self.learn.dls.test_dl(images, bs=batch_size, num_workers=0, after_batch=self._after_batch, **item)
         with torch.inference_mode(), self.learn.no_bar():
             probs, _ = self.learn.get_preds(dl=dl)
         del dl
@@ -178,9 +204,9 @@ class Classifier:
         labels = [label for label in VOCAB if probs[label] >= self.threshold]
         return Prediction(probs, labels, faces, boxes)
 
-    def predict_whole(self, images, batch_size=BATCH_SIZE):
+    def predict_whole(self, images, batch_size=BATCH_SIZE, prepared=False):
         """The tutorial's way: one prediction per whole image."""
-        return [self.verdict(row) for row in self.probabilities(images, batch_size)]
+        return [self.verdict(row) for row in self.probabilities(images, batch_size, prepared)]
 
     def predict_faces(self, images, finder, batch_size=BATCH_SIZE, found=None):
         """Face-aware: classify every face crop of all images in one batch; a photo gets the union of its faces.

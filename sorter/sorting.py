@@ -383,7 +383,8 @@ def _classify_chunks(jobs, classifier, opts, events):
     finder = None if opts.whole_image else FaceFinder(device=classifier.device)
     min_side = decode_side(classifier, opts.whole_image)
     decode = functools.partial(_decode_async, min_side=min_side, device=classifier.device,
-                               finder=finder if finder and finder.detects_while_decoding else None)
+                               finder=finder if finder and finder.detects_while_decoding else None,
+                               prepare=preparer(classifier, opts))
     chunks = [jobs[i:i + opts.chunk_size] for i in range(0, len(jobs), opts.chunk_size)]
     threads = ModelThreads()
     with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool, torch_threads(1):  # the model: threads.used
@@ -405,10 +406,16 @@ def _classify_chunks(jobs, classifier, opts, events):
                 future.cancel()
 
 
-def _decode_async(pool, chunk, min_side, finder, device):
+def preparer(classifier, opts):
+    """What the decoding threads run on each image after decoding it: whole-image, the model's item transforms
+    (`_classify` then takes the images as prepared); face-aware nothing, the crops being made after detection."""
+    return classifier.prepare if opts.whole_image else None
+
+
+def _decode_async(pool, chunk, min_side, finder, device, prepare):
     """Futures of (decoded photos, CPU seconds spent) for each DETECT_BATCH of the chunk."""
     return [pool.submit(_with_cpu_time, _decode_batch, [job.path for job in chunk[i:i + DETECT_BATCH]], min_side,
-                        finder, device) for i in range(0, len(chunk), DETECT_BATCH)]
+                        finder, device, prepare) for i in range(0, len(chunk), DETECT_BATCH)]
 
 
 def _with_cpu_time(function, *args):
@@ -417,9 +424,9 @@ def _with_cpu_time(function, *args):
     return function(*args), time.thread_time() - start
 
 
-def _decode_batch(paths, min_side, finder, device="cpu"):
+def _decode_batch(paths, min_side, finder, device="cpu", prepare=None):
     """`_decode` of several photos, whose faces are found together: MTCNN takes equal-size copies as one batch."""
-    decoded = [_decode(path, min_side, device) for path in paths]
+    decoded = [_decode(path, min_side, device, prepare) for path in paths]
     if finder is not None:
         ok = [i for i, item in enumerate(decoded) if not isinstance(item, ImageError)]
         for i, faces in zip(ok, finder.find([decoded[i][0] for i in ok])):
@@ -427,11 +434,13 @@ def _decode_batch(paths, min_side, finder, device="cpu"):
     return decoded
 
 
-def _decode(path, min_side, device="cpu"):
+def _decode(path, min_side, device="cpu", prepare=None):
     """(image, None), or the ImageError; `_decode_batch` fills in the faces where the decoding threads detect them
-    (on a CPU; a GPU detects a whole chunk at once in `_classify`)."""
+    (on a CPU; a GPU detects a whole chunk at once in `_classify`). With `prepare` (whole-image), the image comes
+    through the model's item transforms (`Classifier.prepare`), off the main thread."""
     try:
-        return load_image(path, min_side, device), None
+        image = load_image(path, min_side, device)
+        return (prepare(image) if prepare else image), None
     except ImageError as e:
         return e
 
@@ -440,7 +449,10 @@ def _classify(chunk, decoded, classifier, finder, opts):
     ok = [i for i, item in enumerate(decoded) if not isinstance(item, ImageError)]
     images = [decoded[i][0] for i in ok]
     found = [decoded[i][1] for i in ok] if finder and finder.detects_while_decoding else None
-    predictions = predict_images(classifier, images, opts.whole_image, opts.batch_size, finder, found)
+    if opts.whole_image:  # prepared while decoding
+        predictions = classifier.predict_whole(images, opts.batch_size, prepared=True)
+    else:
+        predictions = predict_images(classifier, images, False, opts.batch_size, finder, found)
     by_index = dict(zip(ok, predictions))
     rows = []
     for i, job in enumerate(chunk):

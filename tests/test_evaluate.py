@@ -30,7 +30,7 @@ def known(tmp_path, monkeypatch):
         Image.new("RGB", (40, 40), (round(female * 250), round(male * 250), 0)).save(root / rel)
     (root / "src1" / "male" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
 
-    def decode_colour(self, images, batch_size=64):
+    def decode_colour(self, images, batch_size=64, prepared=False):
         return np.array([[image.getpixel((0, 0))[0] / 250, image.getpixel((0, 0))[1] / 250] for image in images])
 
     monkeypatch.setattr(Classifier, "probabilities", decode_colour)

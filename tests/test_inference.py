@@ -1,6 +1,7 @@
 """Classification as facesort runs it: the fused, mirror-averaged network and its batches."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from PIL import ImageOps
@@ -110,3 +111,19 @@ def test_the_batch_size_option_defaults_to_the_library_batch_size():
     from sorter.inference import BATCH_SIZE
 
     assert next(p for p in run.params if p.name == "batch_size").default == BATCH_SIZE
+
+
+def test_images_prepared_on_other_threads_get_the_probabilities_of_the_whole_pipeline(colour_model, tmp_path):
+    """facesort run --whole-image crops and resizes on its decoding threads (Classifier.prepare): same answer."""
+    from sorter.images import load_image
+    from sorter.inference import Classifier
+
+    classifier = Classifier(colour_model)
+    photos = [load_image(make_photo(tmp_path / f"{label}.jpg", label, size=(96, 64))) for label in ("male", "female")]
+    prepared = [classifier.prepare(photo) for photo in photos]
+    assert prepared[0].size == (classifier.size, classifier.size)
+    assert classifier.probabilities(prepared, prepared=True) == pytest.approx(classifier.probabilities(photos),
+                                                                              abs=1e-7)
+    twice = np.asarray(classifier.prepare(prepared[0]), dtype=float)  # the centre crop again: prepared images
+    assert np.abs(twice - np.asarray(prepared[0], dtype=float)).mean() > 1  # must not go through it twice
+
