@@ -4,10 +4,12 @@ from .images import ImageError, load_image
 from .inference import BATCH_SIZE, Classifier
 
 
-def predict_images(classifier, images, whole_image=False, batch_size=BATCH_SIZE, finder=None, found=None):
-    """Predictions for decoded images, in one batched pass (`found`: their faces, when already detected)."""
+def predict_images(classifier, images, whole_image=False, batch_size=BATCH_SIZE, finder=None, found=None,
+                   prepared=False):
+    """Predictions for decoded images, in one batched pass (`found`: their faces, when already detected;
+    `prepared`: whole images already through `Classifier.prepare`)."""
     if whole_image:
-        return classifier.predict_whole(images, batch_size)
+        return classifier.predict_whole(images, batch_size, prepared)
     return classifier.predict_faces(images, finder or FaceFinder(device=classifier.device), batch_size, found)
 
 

@@ -449,10 +449,8 @@ def _classify(chunk, decoded, classifier, finder, opts):
     ok = [i for i, item in enumerate(decoded) if not isinstance(item, ImageError)]
     images = [decoded[i][0] for i in ok]
     found = [decoded[i][1] for i in ok] if finder and finder.detects_while_decoding else None
-    if opts.whole_image:  # prepared while decoding
-        predictions = classifier.predict_whole(images, opts.batch_size, prepared=True)
-    else:
-        predictions = predict_images(classifier, images, False, opts.batch_size, finder, found)
+    predictions = predict_images(classifier, images, opts.whole_image, opts.batch_size, finder, found,
+                                 prepared=preparer(classifier, opts) is not None)  # by the decoding threads
     by_index = dict(zip(ok, predictions))
     rows = []
     for i, job in enumerate(chunk):
