@@ -75,7 +75,8 @@ def load_image(source, min_side=None, device="cpu"):
     an upright RGB image.
 
     With `min_side`, a JPEG is decoded at the smallest scale (1/2 to 1/8) whose shorter side is still at least
-    `min_side` pixels: much faster than a full decode when the model only needs a thumbnail. The image's
+    `min_side` pixels: much faster than a full decode when the model only needs a thumbnail; other formats are
+    decoded whole, then shrunk by the same factor. The image's
     `info["full_size"]` is then the upright photo's own (width, height), the frame users measure in. With
     `device` "cuda" a JPEG is decoded on the GPU (nvJPEG) and scaled there to the same size; whatever the GPU
     cannot decode goes the CPU's way, so a bad file fails with the same reason.
@@ -100,9 +101,11 @@ def load_image(source, min_side=None, device="cpu"):
                 if min_side and im.format == "JPEG":
                     im.draft("RGB", _draft_size(im.size, min_side))
                 im.seek(0)
-                image = _to_rgb(ImageOps.exif_transpose(im))
-                image.info["full_size"] = full_size if image.size == im.size else full_size[::-1]  # turned upright
-                return image
+                decoded = im.size
+                ImageOps.exif_transpose(im, in_place=True)
+                image = _to_rgb(im)
+                image.info["full_size"] = full_size if image.size == decoded else full_size[::-1]  # turned upright
+                return _reduced(image, min_side) if im.format != "JPEG" else image
     except ImageError:
         raise
     except FileNotFoundError:
@@ -185,8 +188,19 @@ def _draft_factor(size, min_side):
     return next(f for f in (8, 4, 2, 1) if most >= f or f == 1)
 
 
+def _reduced(image, min_side):
+    """A PNG, WebP or TIFF shrunk by draft()'s rule for JPEGs (a box filter, at least `min_side` kept), so a large
+    screenshot costs the later stages what a JPEG of its size does."""
+    factor = _draft_factor(image.size, min_side)
+    return image.reduce(factor) if factor > 1 else image
+
+
 def _to_rgb(im):
-    """RGB for every mode: transparency goes on white, 16-bit images are scaled to 8 bits (not clipped)."""
+    """RGB for every mode: transparency goes on white, 16-bit images are scaled to 8 bits (not clipped). An RGB
+    image is returned as it is, loaded, not copied."""
+    if im.mode == "RGB":
+        im.load()
+        return im
     if im.mode.startswith("I"):  # I;16* and I: 16-bit samples (PNG, TIFF)
         im = im.point(lambda v: v / 256).convert("L")
     elif im.mode == "F":

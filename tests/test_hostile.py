@@ -328,14 +328,16 @@ def test_links_are_followed_when_asked_each_real_file_once(cli, colour_model, tm
     assert tree_digest(root) == before
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
 @pytest.mark.parametrize("min_side", [None, 32], ids=["full", "draft"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_undone(tmp_path, orientation, min_side):
-    path = tmp_path / "photo.jpg"
+def test_exif_orientation_is_undone(tmp_path, orientation, min_side, suffix):
+    path = tmp_path / f"photo{suffix}"
     stored_as(marked_photo((192, 128)), orientation).save(path, exif=exif(orientation), quality=95)
     image = load_image(path, min_side)
-    scale = 4 if min_side else 1  # draft decodes at 1/4: the shorter side 128 -> 32
-    assert image.size == (192 // scale, 128 // scale)
+    scale = 4 if min_side else 1  # JPEG draft decodes at 1/4 (the shorter side 128 -> 32), a PNG is reduced as much
+    assert image.size == (192 // scale, 128 // scale) and image.mode == "RGB"
+    assert image.info["full_size"] == (192, 128)  # the upright photo's own size, whatever was decoded
     width, height = image.size
     assert dominant(image, width // 10, height // 10) == "r"  # red block top-left
     assert dominant(image, width - width // 10, height // 10) == "g"  # green block top-right
