@@ -21,12 +21,22 @@ CUDA_BATCH_SIZE = 256  # the least a GPU gets: small batches leave it waiting on
 
 @dataclass
 class Prediction:
-    """One photo's verdict: probabilities per label (max over faces in face-aware mode) and the label set."""
+    """One photo's verdict: probabilities per label (face-aware: over its faces, see `face_votes`), the label set."""
 
     probs: dict  # {"female": p, "male": p}, empty when no face was found
     labels: list  # sorted subset of VOCAB; [] means neither
     faces: int | None = None  # faces used (face-aware mode only)
     boxes: list | None = None  # face boxes in the decoded image's pixels (face-aware mode only)
+
+
+def face_votes(rows):
+    """A photo's probabilities from its faces' rows (n, 2): each face is one person, so it keeps only its likelier
+    label's probability and the other becomes 0. Thresholded, the photo gets the union of its faces' labels, and
+    one face never sends it to both folders (as a plain maximum did to 13 of 2,925 one-face validation photos)."""
+    kept = np.zeros_like(rows)
+    top = rows.argmax(axis=1)
+    kept[np.arange(len(rows)), top] = rows[np.arange(len(rows)), top]
+    return kept.max(axis=0)
 
 
 def available_cpus():
@@ -209,7 +219,8 @@ class Classifier:
         return [self.verdict(row) for row in self.probabilities(images, batch_size, prepared)]
 
     def predict_faces(self, images, finder, batch_size=BATCH_SIZE, found=None):
-        """Face-aware: classify every face crop of all images in one batch; a photo gets the union of its faces.
+        """Face-aware: classify every face crop of all images in one batch; a photo gets the union of its faces'
+        labels, one label per face (see `face_votes`).
 
         `found` holds the images' faces when they were already detected (facesort run detects while decoding)."""
         found = finder.find(images) if found is None else found
@@ -220,7 +231,7 @@ class Classifier:
             rows = probs[start:start + len(faces.crops)]
             start += len(faces.crops)
             if len(rows):
-                results.append(self.verdict(rows.max(axis=0), len(rows), faces.boxes))
+                results.append(self.verdict(face_votes(rows), len(rows), faces.boxes))
             else:
                 results.append(Prediction({}, [], 0, []))
         return results

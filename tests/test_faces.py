@@ -99,6 +99,15 @@ def test_a_photo_gets_the_union_of_its_faces_labels_and_the_highest_probabilitie
     assert couple.probs["male"] == pytest.approx(float(alone[:, 1].max()), abs=1e-5)
 
 
+def test_one_face_is_one_person_even_when_the_model_is_sure_of_both_labels(colour_model):
+    classifier = Classifier(colour_model)
+    magenta = Image.new("RGB", (32, 32), (230, 40, 200))  # red and blue: the model says female and male, both > 0.9
+    assert (classifier.probabilities([magenta]) > 0.9).all()
+    one, pair = classifier.predict_faces([solid("neither")] * 2, ColourFinder([[magenta], [magenta, solid("male")]]))
+    assert one.labels == ["female"] and one.probs["male"] == 0  # its likelier label only
+    assert pair.labels == ["female", "male"]  # a second face brings the other label
+
+
 class OneFaceFinder:
     """Stub finder: on face photos one centred face, on green (neither) photos a 'face' only in the first."""
 
