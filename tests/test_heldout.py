@@ -14,12 +14,21 @@ import realphotos  # noqa: E402
 def test_score_counts_exact_label_sets_per_kind_and_per_portrait_truth():
     truth = [{"path": "a", "kind": "portrait", "labels": "male", "groups": {}},
              {"path": "b", "kind": "portrait", "labels": "female", "groups": {}},
-             {"path": "c", "kind": "pair", "labels": "female;male", "groups": {}}]
-    predicted = {"a": {"labels": "male"}, "b": {"labels": "female;male"}, "c": {"labels": "female;male"}}
+             {"path": "c", "kind": "pair", "labels": "female;male", "groups": {}},
+             {"path": "d", "kind": "small", "labels": "female", "groups": {"height": "10-15%"}}]
+    predicted = {"a": {"labels": "male"}, "b": {"labels": "female;male"}, "c": {"labels": "female;male"},
+                 "d": {"labels": ""}}
     scores = heldout.score(truth, predicted)
     assert scores["kind portrait"] == {"accuracy": 0.5, "n": 2}
     assert scores["portrait truth female"] == {"accuracy": 0.0, "n": 1}
     assert scores["kind pair"] == {"accuracy": 1.0, "n": 1}
+    assert scores["small height 10-15%"] == scores["small truth female"] == {"accuracy": 0.0, "n": 1}
+
+
+def test_a_data_folder_without_held_out_photos_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(LookupError, match="no held-out faces"):
+        heldout.build(tmp_path / "data", tmp_path / "out", per_kind=3, seed=7)
+    assert not (tmp_path / "out").exists()
 
 
 def test_pooled_runs_sum_photos_and_weight_accuracy_by_photos(tmp_path):
