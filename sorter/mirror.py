@@ -18,16 +18,21 @@ class MirrorAveraged(nn.Module):
     spends about a quarter of its CPU keeping them in step, and two independent batches spend none (MobileNetV2 at 128
     px, batches of 16: 3.6-4.3 ms of wall time per image against 4.5-5.1; README). It does not pay for every
     network, so `sorter.inference.ModelThreads` measures both ways on a run's own photos and keeps the faster.
+
+    A model trained with `--no-mirror` runs once per image: an ensemble whose members already disagree usefully
+    gains less from the flip than it costs (models/README.md).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, mirror=True):
         super().__init__()
-        self.model = model
+        self.model, self.mirror = model, mirror  # mirror off: the network alone, with the threads set here
         self.apart = False
         self.threads = None  # torch threads for the network alone (None: the caller's), set by ModelThreads
 
     def forward(self, x):
         with torch_threads(self.threads or torch.get_num_threads()):
+            if not self.mirror:
+                return self._logits(x)
             if self.apart and not x.is_cuda and torch.get_num_threads() > 1:
                 return self._apart(x)
             both = self._logits(torch.cat([x, x.flip(-1)]))

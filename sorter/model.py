@@ -113,7 +113,7 @@ class _SkeletonUnpickler(pickle.Unpickler):
 
 
 def stored_settings(f, path):
-    """{"threshold", "size", "python"} as stored in an exported learner, read without running its pickle."""
+    """{"threshold", "size", "python", "mirror"} as stored in an exported learner, read without running its pickle."""
     try:
         with zipfile.ZipFile(f) as archive:  # torch.save's format, which fastai's export uses
             pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
@@ -130,7 +130,8 @@ def stored_settings(f, path):
     if not isinstance(threshold, (int, float)):
         raise FacesortError(f"{path} is not a facesort model (no probability threshold stored in it)")
     facesort = state.get("facesort") if isinstance(state.get("facesort"), dict) else {}
-    return {"threshold": float(threshold), "size": facesort.get("size", DEFAULT_SIZE), "python": facesort.get("python")}
+    return {"threshold": float(threshold), "size": facesort.get("size", DEFAULT_SIZE), "python": facesort.get("python"),
+            "mirror": facesort.get("mirror", True)}
 
 
 class ModelFile:

@@ -61,6 +61,7 @@ class TrainOptions:
     progress_bars: bool = True  # fastai's bars; off under cron, where a CSV history is written instead
     ensemble: tuple = ()  # exported models to combine (sorter.ensemble) instead of training one
     ensemble_weights: tuple = ()  # each member's weight in the ensemble's mean (none: equal)
+    mirror: bool = True  # run (and calibrate) averaged over each image and its mirror image (sorter.mirror)
 
 
 class Degrade(RandTransform):
@@ -212,7 +213,7 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     if opts.epochs or not opts.ensemble:  # an ensemble's members are trained: it is calibrated unless asked more
         _fit(learn, opts, checkpoint, state, log)
     learn.logger = print  # the learner is pickled on export: keep only picklable attributes
-    probs, targets = validation_preds(learn)
+    probs, targets = validation_preds(learn, opts.mirror)
     refuse_non_finite(learn, probs)
     threshold = best_threshold(probs, targets)
     metrics = label_metrics(probs, targets, threshold)
@@ -220,7 +221,7 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     for line in format_fairness(metrics["fairness"]):
         log(line)
     metrics.update(arch=opts.arch, size=input_size(opts), train_images=len(dls.train_ds),
-                   valid_images=len(dls.valid_ds), **_members(opts))
+                   valid_images=len(dls.valid_ds), mirror=opts.mirror, **_members(opts))
     export(learn, model_path, threshold, metrics)
     checkpoint.unlink(missing_ok=True)
     return metrics
@@ -418,10 +419,10 @@ def validation_fairness(learn, probs, targets, threshold, groups=None):
     return fairness(records, groups)
 
 
-def validation_preds(learn):
+def validation_preds(learn, mirror=True):
     """Probabilities on the validation split from the model as facesort will run it, to calibrate the threshold."""
     trained = learn.model
-    learn.model = inference_model(trained)  # a fused copy: the trained modules, which are exported, stay as they are
+    learn.model = inference_model(trained, mirror)  # a fused copy: the exported, trained modules stay as they are
     try:
         return learn.get_preds(ds_idx=1)
     finally:
@@ -467,7 +468,7 @@ def export(learn, model_path, threshold, metrics):
     model_path.parent.mkdir(parents=True, exist_ok=True)
     learn.loss_func.thresh = threshold
     learn.facesort = {"threshold": threshold, "arch": metrics["arch"], "size": metrics["size"],
-                      "python": python_version()}
+                      "mirror": metrics.get("mirror", True), "python": python_version()}
     tmp = model_path.with_name(f".{model_path.name}.tmp{os.getpid()}")
     learn.export(tmp.absolute())
     os.chmod(tmp, os.stat(tmp).st_mode & ~0o022)  # facesort refuses to load model files others could write

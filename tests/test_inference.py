@@ -47,6 +47,17 @@ def test_the_fast_model_computes_the_exported_model_averaged_over_the_mirror_ima
     assert all(torch.equal(kept[k], v) for k, v in exported.state_dict().items())  # exports stay unfused
 
 
+def test_without_the_mirror_the_fast_model_computes_the_exported_model_alone():
+    from sorter.inference import inference_model
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 2)).eval()  # reads where things are: not mirror-symmetric
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert inference_model(net, mirror=False)(x) == pytest.approx(net(x), abs=1e-5)
+        assert (net(x) - net(x.flip(-1))).abs().max() > 1e-2
+
+
 class ThreadsSeen(torch.nn.Module):
     """Records the torch threads each call ran with."""
 

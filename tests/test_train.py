@@ -248,6 +248,28 @@ def test_an_ensemble_given_epochs_fine_tunes_its_members_together_and_leaves_the
     assert len(json.loads(metrics_path(model).read_text())["members"]) == 2
 
 
+def test_a_model_trained_with_no_mirror_runs_each_image_once(tmp_path, cli, dataset, trained_model):
+    """Mirror-averaged (the default), a photo and its mirror image get the same probabilities; with --no-mirror,
+    recorded in the model and its metrics, the network sees each image once, so on lopsided images they differ."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from sorter.inference import Classifier
+
+    model = tmp_path / "once.pkl"
+    result = cli("train", dataset, "--model", model, "--ensemble", trained_model, "--ensemble", trained_model,
+                 "--no-mirror")
+    assert result.exit_code == 0, result.output
+    assert json.loads(metrics_path(model).read_text())["mirror"] is False
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    mirrored = [ImageOps.mirror(im) for im in images]
+    averaged = Classifier(trained_model)
+    np.testing.assert_allclose(averaged.probabilities(images), averaged.probabilities(mirrored), atol=1e-4)
+    once = Classifier(model)
+    assert np.abs(once.probabilities(images) - once.probabilities(mirrored)).max() > 1e-3
+
+
 @pytest.mark.parametrize("extra", [[], ["--init-from", "{m}"], ["--resume"]])
 def test_an_ensemble_needs_two_models_and_no_training_options(tmp_path, cli, dataset, trained_model, extra):
     more = ["--ensemble", trained_model] if extra else []

@@ -57,6 +57,9 @@ from ..console import is_terminal, print_table
                    "--epochs fine-tunes all of them together first (no --freeze-epochs: it has no head alone).")
 @click.option("--weight", "ensemble_weights", multiple=True, type=click.FloatRange(0, min_open=True),
               help="With --ensemble, one per model in the same order: its weight in the mean. [default: equal]")
+@click.option("--no-mirror", is_flag=True,
+              help="Run the model once per image, not averaged with its mirror image: half the classifier's work "
+                   "(for an ensemble whose members already average out their errors).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training from its last epoch (same options).")
 @click.option("--workers", type=click.IntRange(0),
               help="Processes loading images (and cropping faces). [default: 2; none under 512 images]")
@@ -65,7 +68,7 @@ from ..console import is_terminal, print_table
 @reports_errors
 def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_size, valid_pct, seed, no_pretrained,
           crop_faces_to, per_folder, degrade, grey, erase, init_from, groups, balance, ensemble, ensemble_weights,
-          resume, workers, device, as_json):
+          no_mirror, resume, workers, device, as_json):
     """Train on DATA_DIR, where each image's label is the nearest folder named male, female or neither.
 
     The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
@@ -83,7 +86,7 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
                         batch_size=batch_size, valid_pct=valid_pct, seed=seed, pretrained=not no_pretrained,
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
                         erase=erase, init_from=init_from, groups=groups, balance=balance, workers=workers,
-                        ensemble=ensemble, ensemble_weights=ensemble_weights,
+                        ensemble=ensemble, ensemble_weights=ensemble_weights, mirror=not no_mirror,
                         progress_bars=is_terminal() and not as_json)
     with signals_stop_training(), training_device(resolve_device(device)):
         metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json), resume=resume)
