@@ -16,18 +16,29 @@ EPS = 1e-6  # probabilities are clamped this far from 0 and 1 before their logit
 
 class Member(nn.Module):
     """One model's network inside an ensemble: given 0-1 images at the ensemble's side, it resizes them to its own
-    side (as its own DataLoaders would have) and normalises them its own way."""
+    side (as its own DataLoaders would have) and normalises them its own way. A `mirror` member returns the mean of
+    its logits for each image and its mirror image: in an ensemble run once (`--no-mirror`), the flip can be spent
+    on the member it helps most rather than on all of them (models/README.md)."""
 
-    def __init__(self, net, side, mean, std, input_side):
+    def __init__(self, net, side, mean, std, input_side, mirror=False):
         super().__init__()
         self.net, self.side, self.resize = net, side, side != input_side  # fixed here: torch.fx traces no branch
+        self.mirror = mirror
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
+
+    def __setstate__(self, state):  # a member exported before members could be mirrored: not mirrored
+        super().__setstate__(state)
+        self.__dict__.setdefault("mirror", False)
 
     def forward(self, x):
         if self.resize:
             x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False)
-        return self.net((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        if not self.mirror:
+            return self.net(x)
+        # one call on both: torch.fx's fuse would fold the batch norms into a network called twice twice over
+        return self.net(torch.cat([x, x.flip(-1)])).unflatten(0, (2, -1)).mean(dim=0)
 
 
 class Ensemble(nn.Module):
@@ -59,13 +70,13 @@ def weight_shares(weights, count):
     return [w / sum(weights) for w in weights]
 
 
-def member_of(learn, input_side):
+def member_of(learn, input_side, mirror=False):
     """A `Member` from an exported learner: its network, stored input side and its DataLoaders' Normalize."""
     from fastai.vision.all import Normalize
 
     norm = next((t for t in learn.dls.after_batch if isinstance(t, Normalize)), None)
     mean, std = (norm.mean.flatten(), norm.std.flatten()) if norm is not None else ((0.0,) * 3, (1.0,) * 3)
-    return Member(learn.model.eval(), side_of(learn), mean, std, input_side)
+    return Member(learn.model.eval(), side_of(learn), mean, std, input_side, mirror)
 
 
 def side_of(learn):

@@ -62,6 +62,7 @@ class TrainOptions:
     ensemble: tuple = ()  # exported models to combine (sorter.ensemble) instead of training one
     ensemble_weights: tuple = ()  # each member's weight in the ensemble's mean (none: equal)
     mirror: bool = True  # run (and calibrate) averaged over each image and its mirror image (sorter.mirror)
+    mirrored_members: tuple = ()  # indexes (from 0) of ensemble members averaged over the mirror image inside it
 
 
 class Degrade(RandTransform):
@@ -230,8 +231,8 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
 def _members(opts):
     """An ensemble's members as its metrics record them: each file, its sha256 and its share of the mean."""
     shares = ensemble.weight_shares(opts.ensemble_weights, len(opts.ensemble))
-    return {"members": [{"model": str(p), "sha256": sha256_of(p), "weight": w}
-                        for p, w in zip(opts.ensemble, shares)]} if opts.ensemble else {}
+    return {"members": [{"model": str(p), "sha256": sha256_of(p), "weight": w, "mirror": i in opts.mirrored_members}
+                        for i, (p, w) in enumerate(zip(opts.ensemble, shares))]} if opts.ensemble else {}
 
 
 def _fit(learn, opts, checkpoint, state, log):
@@ -253,7 +254,8 @@ def _network(opts):
     if opts.ensemble:
         members = [load_model(path)[0] for path in opts.ensemble]
         side = opts.size or max(ensemble.side_of(m) for m in members)
-        net = ensemble.Ensemble([ensemble.member_of(m, side) for m in members], opts.ensemble_weights)
+        net = ensemble.Ensemble([ensemble.member_of(m, side, i in opts.mirrored_members)
+                                 for i, m in enumerate(members)], opts.ensemble_weights)
         # fine-tuned together, the members learn the resized input they get inside it (dlib's network at 64 px
         # moves 5% of its answers between PIL's and torch's resampling); there is no head to train alone first
         opts = replace(opts, arch=ensemble.ARCH, size=side, freeze_epochs=0)

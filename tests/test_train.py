@@ -248,26 +248,37 @@ def test_an_ensemble_given_epochs_fine_tunes_its_members_together_and_leaves_the
     assert len(json.loads(metrics_path(model).read_text())["members"]) == 2
 
 
-def test_a_model_trained_with_no_mirror_runs_each_image_once(tmp_path, cli, dataset, trained_model):
+def test_a_model_trained_with_no_mirror_runs_each_image_once_and_a_mirror_member_is_flipped_alone(
+        tmp_path, cli, dataset, trained_model):
     """Mirror-averaged (the default), a photo and its mirror image get the same probabilities; with --no-mirror,
-    recorded in the model and its metrics, the network sees each image once, so on lopsided images they differ."""
+    recorded in the model and its metrics, the network sees each image once, so on lopsided images they differ; a
+    --mirror-member is averaged over the mirror image inside the ensemble, the others are not."""
     import numpy as np
     from PIL import Image, ImageOps
 
     from sorter.inference import Classifier
 
-    model = tmp_path / "once.pkl"
-    result = cli("train", dataset, "--model", model, "--ensemble", trained_model, "--ensemble", trained_model,
-                 "--no-mirror")
-    assert result.exit_code == 0, result.output
-    assert json.loads(metrics_path(model).read_text())["mirror"] is False
+    once, one_flipped = tmp_path / "once.pkl", tmp_path / "one-flipped.pkl"
+    for model, extra in [(once, []), (one_flipped, ["--mirror-member", "2"])]:
+        result = cli("train", dataset, "--model", model, "--ensemble", trained_model, "--ensemble", trained_model,
+                     "--no-mirror", *extra)
+        assert result.exit_code == 0, result.output
+    metrics = json.loads(metrics_path(one_flipped).read_text())
+    assert metrics["mirror"] is False and [m["mirror"] for m in metrics["members"]] == [False, True]
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(4)]
     mirrored = [ImageOps.mirror(im) for im in images]
-    averaged = Classifier(trained_model)
-    np.testing.assert_allclose(averaged.probabilities(images), averaged.probabilities(mirrored), atol=1e-4)
-    once = Classifier(model)
-    assert np.abs(once.probabilities(images) - once.probabilities(mirrored)).max() > 1e-3
+    averaged = Classifier(trained_model).probabilities(images)
+    np.testing.assert_allclose(averaged, Classifier(trained_model).probabilities(mirrored), atol=1e-4)
+    alone = Classifier(once).probabilities(images)
+    assert np.abs(alone - Classifier(once).probabilities(mirrored)).max() > 1e-3
+    np.testing.assert_allclose(Classifier(one_flipped).probabilities(images), (alone + averaged) / 2, atol=1e-4)
+
+
+def test_a_mirror_member_must_be_one_of_the_ensembles_models(tmp_path, cli, dataset, trained_model):
+    result = cli("train", dataset, "--model", tmp_path / "e.pkl", "--ensemble", trained_model, "--ensemble",
+                 trained_model, "--mirror-member", "3")
+    assert result.exit_code == 2 and "--mirror-member takes the number of an --ensemble model (2 given)" in result.output
 
 
 @pytest.mark.parametrize("extra", [[], ["--init-from", "{m}"], ["--resume"]])

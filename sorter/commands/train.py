@@ -60,6 +60,9 @@ from ..console import is_terminal, print_table
 @click.option("--no-mirror", is_flag=True,
               help="Run the model once per image, not averaged with its mirror image: half the classifier's work "
                    "(for an ensemble whose members already average out their errors).")
+@click.option("--mirror-member", "mirror_members", multiple=True, type=click.IntRange(1),
+              help="With --ensemble: average the Nth model (1: the first --ensemble) over each image and its mirror "
+                   "image inside the ensemble; with --no-mirror, the flip for that member alone.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training from its last epoch (same options).")
 @click.option("--workers", type=click.IntRange(0),
               help="Processes loading images (and cropping faces). [default: 2; none under 512 images]")
@@ -68,7 +71,7 @@ from ..console import is_terminal, print_table
 @reports_errors
 def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_size, valid_pct, seed, no_pretrained,
           crop_faces_to, per_folder, degrade, grey, erase, init_from, groups, balance, ensemble, ensemble_weights,
-          no_mirror, resume, workers, device, as_json):
+          no_mirror, mirror_members, resume, workers, device, as_json):
     """Train on DATA_DIR, where each image's label is the nearest folder named male, female or neither.
 
     The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
@@ -77,6 +80,8 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
         raise click.UsageError("--ensemble takes two or more models, and no --init-from or --resume")
     if ensemble_weights and len(ensemble_weights) != len(ensemble):
         raise click.UsageError("--weight takes one weight for each --ensemble model")
+    if any(n > len(ensemble) for n in mirror_members):
+        raise click.UsageError(f"--mirror-member takes the number of an --ensemble model ({len(ensemble)} given)")
     from ..device import resolve_device, training_device
     from ..training import TrainOptions, train as train_model
 
@@ -87,6 +92,7 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
                         erase=erase, init_from=init_from, groups=groups, balance=balance, workers=workers,
                         ensemble=ensemble, ensemble_weights=ensemble_weights, mirror=not no_mirror,
+                        mirrored_members=tuple(n - 1 for n in mirror_members),
                         progress_bars=is_terminal() and not as_json)
     with signals_stop_training(), training_device(resolve_device(device)):
         metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json), resume=resume)
