@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .mirror import mirror_mean
+
 ARCH = "ensemble"  # the `arch` an ensemble's metrics and stored settings record
 EPS = 1e-6  # probabilities are clamped this far from 0 and 1 before their logit is taken
 
@@ -35,10 +37,7 @@ class Member(nn.Module):
         if self.resize:
             x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False)
         x = (x - self.mean) / self.std
-        if not self.mirror:
-            return self.net(x)
-        # one call on both: torch.fx's fuse would fold the batch norms into a network called twice twice over
-        return self.net(torch.cat([x, x.flip(-1)])).unflatten(0, (2, -1)).mean(dim=0)
+        return mirror_mean(self.net, x) if self.mirror else self.net(x)
 
 
 class Ensemble(nn.Module):

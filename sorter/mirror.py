@@ -19,8 +19,8 @@ class MirrorAveraged(nn.Module):
     px, batches of 16: 3.6-4.3 ms of wall time per image against 4.5-5.1; README). It does not pay for every
     network, so `sorter.inference.ModelThreads` measures both ways on a run's own photos and keeps the faster.
 
-    A model trained with `--no-mirror` runs once per image: an ensemble whose members already disagree usefully
-    gains less from the flip than it costs (models/README.md).
+    A model trained with `--no-mirror` runs once per image, for half the work (an ensemble can keep the flip for
+    one member: `sorter.ensemble.Member`).
     """
 
     def __init__(self, model, mirror=True):
@@ -35,8 +35,7 @@ class MirrorAveraged(nn.Module):
                 return self._logits(x)
             if self.apart and not x.is_cuda and torch.get_num_threads() > 1:
                 return self._apart(x)
-            both = self._logits(torch.cat([x, x.flip(-1)]))
-            return (both[:len(x)] + both[len(x):]) / 2
+            return mirror_mean(self._logits, x)
 
     def _logits(self, x):
         return self.model(x.contiguous(memory_format=torch.channels_last))
@@ -54,3 +53,9 @@ class MirrorAveraged(nn.Module):
         torch.set_num_threads(threads)
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return self._logits(x)
+
+
+def mirror_mean(logits_of, x):
+    """The mean of `logits_of` for each image and its mirror image, in one call on both (torch.fx's `fuse`, which
+    traces through this, would fold the batch norms of a network called twice into it twice)."""
+    return logits_of(torch.cat([x, x.flip(-1)])).unflatten(0, (2, -1)).mean(dim=0)

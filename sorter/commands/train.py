@@ -59,7 +59,7 @@ from ..console import is_terminal, print_table
               help="With --ensemble, one per model in the same order: its weight in the mean. [default: equal]")
 @click.option("--no-mirror", is_flag=True,
               help="Run the model once per image, not averaged with its mirror image: half the classifier's work "
-                   "(for an ensemble whose members already average out their errors).")
+                   "(an ensemble can keep the flip for one member: --mirror-member).")
 @click.option("--mirror-member", "mirror_members", multiple=True, type=click.IntRange(1),
               help="With --ensemble: average the Nth model (1: the first --ensemble) over each image and its mirror "
                    "image inside the ensemble; with --no-mirror, the flip for that member alone.")
