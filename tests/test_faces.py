@@ -35,8 +35,18 @@ class StubMTCNN:
 
 def finder_with(stub, detect_side=faces.DETECT_SIDE):
     finder = FaceFinder.__new__(FaceFinder)
-    finder.detect_side, finder.mtcnn = detect_side, stub
+    finder.detect_side, finder.mtcnn, finder.second = detect_side, stub, stub
     return finder
+
+
+class LookStub(StubMTCNN):
+    """Sees nothing on copies up to the first look's size; on larger ones, these boxes."""
+
+    def detect(self, image):
+        if max(image.size) <= faces.DETECT_SIDE:
+            self.sizes.append(image.size)
+            return None, None
+        return super().detect(image)
 
 
 class ColourFinder:
@@ -76,6 +86,25 @@ def test_small_photos_are_detected_as_they_are_and_no_face_gives_nothing():
     found = finder_with(stub).find([Image.new("RGB", (300, 200))])[0]
     assert stub.sizes == [(300, 200)]
     assert (found.boxes, found.crops, found.probs) == ([], [], [])
+
+
+def test_a_photo_with_no_face_on_the_small_copy_gets_a_second_look_that_keeps_only_small_faces():
+    # at 640 px the second look sees a 30 px face (too small for the first look's 24 px at 320) and a 100 px one,
+    # which the first look would have seen had it been a face (a dog's, say): only the small one is kept
+    stub = LookStub([[100, 100, 130, 130], [300, 200, 400, 300]], [0.99, 0.99])
+    found = finder_with(stub).find([Image.new("RGB", (1280, 960))])[0]
+    assert stub.sizes == [(320, 240), (640, 480)]
+    assert found.boxes == [[200, 200, 260, 260]]  # scaled back to the photo's pixels
+    assert found.crops[0].size == (90, 90)
+
+
+def test_no_second_look_where_the_first_found_a_face_or_the_photo_is_not_much_larger():
+    found_first = StubMTCNN([[10, 10, 60, 60]], [0.99])
+    finder_with(found_first).find([Image.new("RGB", (1280, 960))])
+    assert found_first.sizes == [(320, 240)]
+    small = LookStub([[10, 10, 40, 40]], [0.99])
+    assert finder_with(small).find([Image.new("RGB", (450, 300))])[0].boxes == []  # 450 px: < 1.5 x 320
+    assert small.sizes == [(320, 213)]
 
 
 def test_a_face_mostly_outside_the_photo_counts_only_when_no_face_is_inside_it():
@@ -199,3 +228,14 @@ def test_the_real_detector_finds_the_sample_astronaut_as_mtcnn_does_in_its_shipp
     shipped.use_memory_format(torch.contiguous_format)
     assert len(fast.boxes) == 1
     assert fast.boxes == shipped.find([photo])[0].boxes
+
+
+def test_the_real_detector_finds_a_distant_astronaut_only_with_the_second_look():
+    from sorter.images import load_image
+
+    photo = load_image(Path(__file__).parent.parent / "data" / "sample" / "people" / "astronaut.jpg")
+    scene = Image.new("RGB", (1500, 1000), (90, 120, 90))
+    scene.paste(photo.resize((250, 250)), (600, 400))  # her face: about 4% of the scene's width
+    assert FaceFinder(second_look=False).find([scene])[0].boxes == []
+    (box,) = FaceFinder().find([scene])[0].boxes
+    assert 600 < box[0] < box[2] < 850 and 400 < box[1] < box[3] < 650
