@@ -19,18 +19,22 @@ from sorter.inference import Classifier
 
 
 class StubMTCNN:
-    """Answers detect() with fixed boxes (in the pixels of the image it is given) and probabilities."""
+    """Answers detect() with fixed boxes (in the pixels of the images it is given) and probabilities for each image
+    of the batch, a tensor shaped (N, H, W, C) as MTCNN takes it; records each image's (width, height)."""
 
     min_face_size = 20
 
     def __init__(self, boxes, probs):
         self.boxes, self.probs, self.sizes = boxes, probs, []
 
-    def detect(self, image):
-        self.sizes.append(image.size)
-        if not self.boxes:
-            return None, None
-        return np.array(self.boxes, dtype=float), np.array(self.probs)
+    def detect(self, batch):
+        n, height, width, _ = batch.shape
+        self.sizes += [(width, height)] * n
+        return self.answer(n, (width, height))
+
+    def answer(self, n, size):
+        boxes = np.array(self.boxes, dtype=float) if self.boxes else None
+        return [boxes] * n, [np.array(self.probs) if self.boxes else [None]] * n
 
 
 def finder_with(stub, detect_side=faces.DETECT_SIDE):
@@ -42,11 +46,8 @@ def finder_with(stub, detect_side=faces.DETECT_SIDE):
 class LookStub(StubMTCNN):
     """Sees nothing on copies up to the first look's size; on larger ones, these boxes."""
 
-    def detect(self, image):
-        if max(image.size) <= faces.DETECT_SIDE:
-            self.sizes.append(image.size)
-            return None, None
-        return super().detect(image)
+    def answer(self, n, size):
+        return ([None] * n, [[None]] * n) if max(size) <= faces.DETECT_SIDE else super().answer(n, size)
 
 
 class ColourFinder:
@@ -218,7 +219,7 @@ def test_train_refuses_a_face_crop_folder_that_is_not_empty(cli, dataset, tmp_pa
     assert "is not empty" in result.output and (tmp_path / "crops" / "keep.txt").exists()
 
 
-def test_the_real_detector_finds_the_sample_astronaut_as_mtcnn_does_in_its_shipped_memory_format():
+def test_the_real_detector_finds_the_sample_astronaut_as_mtcnn_does_as_shipped():
     import torch
     from sorter.images import load_image
 
@@ -228,6 +229,11 @@ def test_the_real_detector_finds_the_sample_astronaut_as_mtcnn_does_in_its_shipp
     shipped.use_memory_format(torch.contiguous_format)
     assert len(fast.boxes) == 1
     assert fast.boxes == shipped.find([photo])[0].boxes
+    copy = photo.resize((320, 320))  # MTCNN given the image itself, as shipped, not facesort's tensor of it
+    boxes, probs = shipped.mtcnn.detect(copy)
+    (own_boxes,), (own_probs,) = faces._detect(shipped.mtcnn, [copy])
+    assert np.allclose(own_boxes.astype(float), boxes.astype(float), atol=1e-3)
+    assert np.allclose(own_probs.astype(float), probs.astype(float))
 
 
 def test_the_real_detector_finds_a_distant_astronaut_only_with_the_second_look():
