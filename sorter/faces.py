@@ -3,6 +3,7 @@
 facenet-pytorch is an extra step of installing facesort (its metadata pins old torch and Pillow releases, so it is
 installed without its dependencies); face-aware mode says how when it is missing. torch is imported on use.
 """
+import copy
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -39,11 +40,11 @@ class FaceFinder:
         import torch
 
         self.detect_side, self.device = detect_side, device
-        self.mtcnn, self.second = (mtcnn(keep_all=True, min_face_size=min_face, thresholds=list(STAGE_THRESHOLDS),
-                                         factor=factor, device=device, select_largest=False)
-                                   for factor in (0.709, SECOND_LOOK_FACTOR))
-        self.second.pnet, self.second.rnet, self.second.onet = self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet
-        self.second = self.second if second_look else None
+        self.mtcnn = mtcnn(keep_all=True, min_face_size=min_face, thresholds=list(STAGE_THRESHOLDS), device=device,
+                           select_largest=False)
+        self.second = copy.copy(self.mtcnn) if second_look else None  # the same three networks, another pyramid
+        if self.second:
+            self.second.factor = SECOND_LOOK_FACTOR
         self.use_memory_format(torch.channels_last)
 
     @property
