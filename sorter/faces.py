@@ -63,11 +63,12 @@ class FaceFinder:
         faces too small for the first (a person far off in a scene); that look keeps only faces that small, since a
         larger one it finds is one the first look saw and rejected (a dog's face, say)."""
         found = self._find(images, self.detect_side, self.mtcnn)
-        again = [i for i, faces in enumerate(found) if not faces.boxes and self.second
-                 and max(images[i].size) >= SECOND_LOOK_MIN * self.detect_side]
-        if again:
-            for i, faces in zip(again, self._find([images[i] for i in again], SECOND_LOOK_SIDE, self.second)):
-                found[i] = _smaller_than(faces, 2 * self.mtcnn.min_face_size * max(images[i].size) / self.detect_side)
+        if self.second is None:
+            return found
+        again = [i for i, faces in enumerate(found)
+                 if not faces.boxes and max(images[i].size) >= SECOND_LOOK_MIN * self.detect_side]
+        for i, faces in zip(again, self._find([images[i] for i in again], SECOND_LOOK_SIDE, self.second)):
+            found[i] = _smaller_than(faces, 2 * self.mtcnn.min_face_size * max(images[i].size) / self.detect_side)
         return found
 
     def _find(self, images, side, mtcnn):
