@@ -63,6 +63,15 @@ class Ensemble(nn.Module):
         return torch.logit(probs, eps=EPS)
 
 
+def split(model):
+    """Parameter groups for discriminative learning rates, as the members' own learners have them: every member's
+    body (all but its last layer), then every member's head. Fine-tuned together in one group, an ImageNet body
+    moved at the heads' rate, a hundred times its own, and the ensemble lost a point on the validation photos."""
+    bodies = [p for member in model.members for p in member.net[:-1].parameters()]
+    heads = [p for member in model.members for p in member.net[-1].parameters()]
+    return [bodies, heads] if bodies and heads else [bodies + heads]
+
+
 def weight_shares(weights, count):
     """Each member's share of the mean: the given weights scaled to sum to 1, or equal shares when none are given."""
     weights = list(weights) if weights else [1.0] * count

@@ -236,9 +236,7 @@ def _members(opts):
 
 
 def _fit(learn, opts, checkpoint, state, log):
-    """Start from `init_from`, find the learning rate unless given or resumed, fine-tune."""
-    if opts.init_from:
-        _start_from(learn, opts)
+    """Find the learning rate unless given or resumed, fine-tune."""
     if not opts.progress_bars:
         learn.remove_cb(ProgressCallback)
         learn.logger = _EpochLog(log)
@@ -249,8 +247,12 @@ def _fit(learn, opts, checkpoint, state, log):
 
 def _network(opts):
     """(opts, a function dls → Learner) for `opts.arch`, checked (weights found, members loaded) before any data is
-    read; an ensemble's opts get its arch and the largest of its members' input sides."""
-    common = dict(metrics=accuracy_multi, loss_func=BCEWithLogitsLossFlat())  # what every learner here has
+    read; an ensemble's opts get its arch and the largest of its members' input sides. With `init_from`, the
+    learner starts from that model's weights; an ensemble (the bundled model) goes on as itself, whatever --arch."""
+    start = load_model(opts.init_from)[0] if opts.init_from else None
+    if start is not None and isinstance(start.model, ensemble.Ensemble):
+        opts = replace(opts, arch=ensemble.ARCH, size=opts.size or ensemble.side_of(start), freeze_epochs=0)
+        return opts, _learner(start.model, ensemble.split)
     if opts.ensemble:
         members = [load_model(path)[0] for path in opts.ensemble]
         side = opts.size or max(ensemble.side_of(m) for m in members)
@@ -259,15 +261,27 @@ def _network(opts):
         # fine-tuned together, the members learn the resized input they get inside it (dlib's network at 64 px
         # moves 5% of its answers between PIL's and torch's resampling); there is no head to train alone first
         opts = replace(opts, arch=ensemble.ARCH, size=side, freeze_epochs=0)
-        return opts, lambda dls: Learner(dls, net, **common)
+        return opts, _learner(net, ensemble.split)
+    make = _pretrained_learner(opts)
+    return opts, (lambda dls: _start_from(make(dls), start, opts)) if start is not None else make
+
+
+def _learner(net, splitter):
+    """A function dls → a plain fastai Learner over `net`, with facesort's loss and metric."""
+    return lambda dls: Learner(dls, net, splitter=splitter, metrics=accuracy_multi, loss_func=BCEWithLogitsLossFlat())
+
+
+def _pretrained_learner(opts):
+    """A function dls → Learner for `opts.arch`, from its pretrained weights (or random ones)."""
     if opts.arch == dlib_gender.ARCH:
-        net = dlib_gender.pretrained_net() if opts.pretrained else dlib_gender.dlib_gender_net()
-        return opts, lambda dls: Learner(dls, net, splitter=dlib_gender.split, **common)
+        return _learner(dlib_gender.pretrained_net() if opts.pretrained else dlib_gender.dlib_gender_net(),
+                        dlib_gender.split)
     arch = archs.ensure_weights(opts.arch) if opts.pretrained else archs.ARCHS.get(opts.arch)
     if arch is None:
         raise FacesortError(f"unknown architecture {opts.arch!r}; choose one of "
                             f"{', '.join([*archs.ARCHS, dlib_gender.ARCH])}")
-    return opts, lambda dls: vision_learner(dls, arch, pretrained=opts.pretrained, **common)
+    return lambda dls: vision_learner(dls, arch, pretrained=opts.pretrained, metrics=accuracy_multi,
+                                      loss_func=BCEWithLogitsLossFlat())
 
 
 def _fine_tune(learn, opts, lr, checkpoint, state, log):
@@ -404,14 +418,14 @@ def refuse_non_finite(learn, probs):
                             "written (try a lower --lr)")
 
 
-def _start_from(learn, opts):
-    """Load an exported model's weights into the new learner, to fine-tune it further (same architecture)."""
-    trained = load_model(opts.init_from)[0]
+def _start_from(learn, trained, opts):
+    """The new learner holding an exported learner's weights, to fine-tune it further (same architecture)."""
     try:
         learn.model.load_state_dict(trained.model.state_dict())
     except RuntimeError:
         raise FacesortError(f"cannot start from {opts.init_from}: its network is not a {opts.arch} with a "
                             "female/male head") from None
+    return learn
 
 
 def validation_fairness(learn, probs, targets, threshold, groups=None):

@@ -248,6 +248,47 @@ def test_an_ensemble_given_epochs_fine_tunes_its_members_together_and_leaves_the
     assert len(json.loads(metrics_path(model).read_text())["members"]) == 2
 
 
+def test_training_from_an_ensemble_goes_on_training_that_ensemble(tmp_path, cli, dataset, trained_model):
+    """--init-from the bundled kind of model, an ensemble, fine-tunes the ensemble itself (whatever --arch), rather
+    than failing to fit its weights into a new MobileNetV2; the file it started from is left as it was."""
+    from sorter.ensemble import Ensemble
+    from sorter.hashing import sha256_of
+    from sorter.model import load_model
+
+    start = tmp_path / "ensemble.pkl"
+    assert cli("train", dataset, "--model", start, "--ensemble", trained_model, "--ensemble", trained_model,
+               "--weight", "3", "--weight", "1").exit_code == 0
+    before = sha256_of(start)
+    model = tmp_path / "more.pkl"
+    result = cli("train", dataset, "--model", model, "--init-from", start, "--epochs", "1", "--lr", "1e-3")
+    assert result.exit_code == 0, result.output
+    assert json.loads(metrics_path(model).read_text())["arch"] == "ensemble"
+    tuned, source = (load_model(m)[0].model for m in (model, start))
+    assert isinstance(tuned, Ensemble) and tuned.weights.flatten().tolist() == [0.75, 0.25]
+    moved = [max((a.float() - b.float()).abs().max().item() for a, b in zip(t.state_dict().values(),
+                                                                        s.state_dict().values()))
+             for t, s in zip(tuned.members, source.members)]
+    assert min(moved) > 0 and sha256_of(start) == before
+
+
+def test_an_ensemble_trains_its_members_bodies_apart_from_their_heads(tmp_path, dataset, trained_model):
+    """Fine-tuned together, the members' bodies and heads are two parameter groups, so fine_tune's discriminative
+    rates reach each body as they would in the member's own learner; a member with no head (the colour model's last
+    layer has no weights) leaves one group."""
+    from colour_model import export_colour_model
+
+    from sorter.ensemble import Ensemble, member_of, split
+    from sorter.model import load_model
+
+    resnet = load_model(trained_model)[0]
+    net = resnet.model
+    pair = Ensemble([member_of(resnet, 32), member_of(load_model(trained_model)[0], 32)])
+    bodies, heads = split(pair)
+    assert len(bodies) == 2 * len(list(net[0].parameters())) and len(heads) == 2 * len(list(net[1].parameters()))
+    colour = load_model(export_colour_model(sorted(dataset.rglob("*.jpg")), tmp_path / "c.pkl"))[0]
+    assert [len(group) for group in split(Ensemble([member_of(colour, 32)]))] == [4]
+
+
 def test_a_model_trained_with_no_mirror_runs_each_image_once_and_a_mirror_member_is_flipped_alone(
         tmp_path, cli, dataset, trained_model):
     """Mirror-averaged (the default), a photo and its mirror image get the same probabilities; with --no-mirror,

@@ -45,7 +45,8 @@ from ..console import is_terminal, print_table
                    "across the batch: fastai's RandomErasing) replaced by noise, so that no one part of a face "
                    "(hair, a cap, glasses) decides its label.")
 @click.option("--init-from", type=click.Path(dir_okay=False),
-              help="Start from this exported model's weights (same --arch), e.g. to fine-tune the bundled model.")
+              help="Start from this exported model's weights (same --arch). An ensemble, such as the bundled "
+                   "model, goes on training as itself, whatever --arch.")
 @click.option("--groups", type=click.Path(dir_okay=False),
               help="Metadata CSV (a `file` column relative to DATA_DIR, and columns such as age_band, race): "
                    "validation is reported per group, and --balance weighs by them.")
