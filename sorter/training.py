@@ -222,17 +222,24 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     for line in format_fairness(metrics["fairness"]):
         log(line)
     metrics.update(arch=opts.arch, size=input_size(opts), train_images=len(dls.train_ds),
-                   valid_images=len(dls.valid_ds), mirror=opts.mirror, **_members(opts))
+                   valid_images=len(dls.valid_ds), mirror=opts.mirror, **_lineage(opts))
     export(learn, model_path, threshold, metrics)
     checkpoint.unlink(missing_ok=True)
     return metrics
 
 
-def _members(opts):
-    """An ensemble's members as its metrics record them: each file, its sha256 and its share of the mean."""
-    shares = ensemble.weight_shares(opts.ensemble_weights, len(opts.ensemble))
-    return {"members": [{"model": str(p), "sha256": sha256_of(p), "weight": w, "mirror": i in opts.mirrored_members}
-                        for i, (p, w) in enumerate(zip(opts.ensemble, shares))]} if opts.ensemble else {}
+def _lineage(opts):
+    """What the model was made from, as its metrics record it: the model it started from, an ensemble's members
+    (each file and its sha256; a member's share of the mean and whether it is mirrored)."""
+    lineage = {}
+    if opts.init_from:
+        lineage["init_from"] = {"model": str(opts.init_from), "sha256": sha256_of(opts.init_from)}
+    if opts.ensemble:
+        shares = ensemble.weight_shares(opts.ensemble_weights, len(opts.ensemble))
+        lineage["members"] = [{"model": str(p), "sha256": sha256_of(p), "weight": w,
+                               "mirror": i in opts.mirrored_members}
+                              for i, (p, w) in enumerate(zip(opts.ensemble, shares))]
+    return lineage
 
 
 def _fit(learn, opts, checkpoint, state, log):

@@ -262,7 +262,8 @@ def test_training_from_an_ensemble_goes_on_training_that_ensemble(tmp_path, cli,
     model = tmp_path / "more.pkl"
     result = cli("train", dataset, "--model", model, "--init-from", start, "--epochs", "1", "--lr", "1e-3")
     assert result.exit_code == 0, result.output
-    assert json.loads(metrics_path(model).read_text())["arch"] == "ensemble"
+    metrics = json.loads(metrics_path(model).read_text())
+    assert metrics["arch"] == "ensemble" and metrics["init_from"] == {"model": str(start), "sha256": before}
     tuned, source = (load_model(m)[0].model for m in (model, start))
     assert isinstance(tuned, Ensemble) and tuned.weights.flatten().tolist() == [0.75, 0.25]
     moved = [max((a.float() - b.float()).abs().max().item() for a, b in zip(t.state_dict().values(),
