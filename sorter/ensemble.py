@@ -65,8 +65,8 @@ class Ensemble(nn.Module):
 
 def split(model):
     """Parameter groups for discriminative learning rates, as the members' own learners have them: every member's
-    body (all but its last layer), then every member's head. Fine-tuned together in one group, an ImageNet body
-    moved at the heads' rate, a hundred times its own, and the ensemble lost a point on the validation photos."""
+    body (all but its last layer), then every member's head. In one group, an ImageNet body fine-tuned inside the
+    ensemble moved at the heads' rate, a hundred times what its own learner gives it."""
     bodies = [p for member in model.members for p in member.net[:-1].parameters()]
     heads = [p for member in model.members for p in member.net[-1].parameters()]
     return [bodies, heads] if bodies and heads else [bodies + heads]

@@ -274,8 +274,13 @@ def _network(opts):
 
 
 def _learner(net, splitter):
-    """A function dls → a plain fastai Learner over `net`, with facesort's loss and metric."""
-    return lambda dls: Learner(dls, net, splitter=splitter, metrics=accuracy_multi, loss_func=BCEWithLogitsLossFlat())
+    """A function dls → a plain fastai Learner over `net`."""
+    return lambda dls: Learner(dls, net, splitter=splitter, **_learner_args())
+
+
+def _learner_args():
+    """What every learner here has: the multi-label loss (a new one each time: export stores the threshold in it)."""
+    return dict(metrics=accuracy_multi, loss_func=BCEWithLogitsLossFlat())
 
 
 def _pretrained_learner(opts):
@@ -287,8 +292,7 @@ def _pretrained_learner(opts):
     if arch is None:
         raise FacesortError(f"unknown architecture {opts.arch!r}; choose one of "
                             f"{', '.join([*archs.ARCHS, dlib_gender.ARCH])}")
-    return lambda dls: vision_learner(dls, arch, pretrained=opts.pretrained, metrics=accuracy_multi,
-                                      loss_func=BCEWithLogitsLossFlat())
+    return lambda dls: vision_learner(dls, arch, pretrained=opts.pretrained, **_learner_args())
 
 
 def _fine_tune(learn, opts, lr, checkpoint, state, log):
