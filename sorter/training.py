@@ -27,7 +27,6 @@ from .discover import image_files
 from .errors import FacesortError
 from .faces import FaceFinder, square_crop
 from .groups import Groups, fairness, format_fairness
-from .hashing import sha256_of
 from .images import ImageError, load_image
 from .inference import inference_model
 from .labels import VOCAB, folder_label, label_set, labelled_images
@@ -200,7 +199,7 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     """
     opts = opts or TrainOptions()
     set_seed(opts.seed, reproducible=True)
-    opts, network = _network(opts)
+    opts, network, lineage = _network(opts)
     checkpoint = checkpoint_path(model_path)
     state = _read_checkpoint(checkpoint, opts) if resume else None
     if opts.crop_faces_to:
@@ -222,24 +221,10 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     for line in format_fairness(metrics["fairness"]):
         log(line)
     metrics.update(arch=opts.arch, size=input_size(opts), train_images=len(dls.train_ds),
-                   valid_images=len(dls.valid_ds), mirror=opts.mirror, **_lineage(opts))
+                   valid_images=len(dls.valid_ds), mirror=opts.mirror, **lineage)
     export(learn, model_path, threshold, metrics)
     checkpoint.unlink(missing_ok=True)
     return metrics
-
-
-def _lineage(opts):
-    """What the model was made from, as its metrics record it: the model it started from, an ensemble's members
-    (each file and its sha256; a member's share of the mean and whether it is mirrored)."""
-    lineage = {}
-    if opts.init_from:
-        lineage["init_from"] = {"model": str(opts.init_from), "sha256": sha256_of(opts.init_from)}
-    if opts.ensemble:
-        shares = ensemble.weight_shares(opts.ensemble_weights, len(opts.ensemble))
-        lineage["members"] = [{"model": str(p), "sha256": sha256_of(p), "weight": w,
-                               "mirror": i in opts.mirrored_members}
-                              for i, (p, w) in enumerate(zip(opts.ensemble, shares))]
-    return lineage
 
 
 def _fit(learn, opts, checkpoint, state, log):
@@ -253,24 +238,36 @@ def _fit(learn, opts, checkpoint, state, log):
 
 
 def _network(opts):
-    """(opts, a function dls → Learner) for `opts.arch`, checked (weights found, members loaded) before any data is
-    read; an ensemble's opts get its arch and the largest of its members' input sides. With `init_from`, the
-    learner starts from that model's weights; an ensemble (the bundled model) goes on as itself, whatever --arch."""
-    start = load_model(opts.init_from)[0] if opts.init_from else None
-    if start is not None and isinstance(start.model, ensemble.Ensemble):
-        opts = replace(opts, arch=ensemble.ARCH, size=opts.size or ensemble.side_of(start), freeze_epochs=0)
-        return opts, _learner(start.model, ensemble.split)
+    """(opts, a function dls → Learner, lineage) for `opts.arch`, checked (weights found, members loaded) before any
+    data is read; an ensemble's opts get its arch and the largest of its members' input sides. With `init_from`, the
+    learner starts from that model's weights; an ensemble (the bundled model) goes on as itself, whatever --arch.
+    The lineage is what the metrics record of the model files loaded: each path and the sha256 of what was read."""
+    start = load_model(opts.init_from) if opts.init_from else None
+    lineage = {"init_from": _file_record(start)} if start else {}
+    if start and isinstance(start[0].model, ensemble.Ensemble):
+        opts = replace(opts, arch=ensemble.ARCH, size=opts.size or ensemble.side_of(start[0]), freeze_epochs=0)
+        return opts, _learner(start[0].model, ensemble.split), lineage
     if opts.ensemble:
-        members = [load_model(path)[0] for path in opts.ensemble]
+        loaded = [load_model(path) for path in opts.ensemble]
+        members = [learner for learner, _, _ in loaded]
         side = opts.size or max(ensemble.side_of(m) for m in members)
         net = ensemble.Ensemble([ensemble.member_of(m, side, i in opts.mirrored_members)
                                  for i, m in enumerate(members)], opts.ensemble_weights)
+        shares = ensemble.weight_shares(opts.ensemble_weights, len(members))
+        lineage["members"] = [{**_file_record(model), "weight": w, "mirror": i in opts.mirrored_members}
+                              for i, (model, w) in enumerate(zip(loaded, shares))]
         # fine-tuned together, the members learn the resized input they get inside it (dlib's network at 64 px
         # moves 5% of its answers between PIL's and torch's resampling); there is no head to train alone first
         opts = replace(opts, arch=ensemble.ARCH, size=side, freeze_epochs=0)
-        return opts, _learner(net, ensemble.split)
+        return opts, _learner(net, ensemble.split), lineage
     make = _pretrained_learner(opts)
-    return opts, (lambda dls: _start_from(make(dls), start, opts)) if start is not None else make
+    return opts, (lambda dls: _start_from(make(dls), start[0], opts)) if start else make, lineage
+
+
+def _file_record(loaded):
+    """A loaded model file as the metrics name it: `load_model`'s (learner, path, sha256) → its path and sha256."""
+    _, path, sha256 = loaded
+    return {"model": str(path), "sha256": sha256}
 
 
 def _learner(net, splitter):
