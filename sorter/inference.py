@@ -103,15 +103,18 @@ def torch_threads(count):
 
 
 def inference_model(model, mirror=True):
-    """The exported network as facesort runs it: batch norms folded into the convolutions, channels-last weights
-    (together 3-4 times faster on a CPU, same outputs to 1e-5), and mirror-averaged unless `mirror` is off."""
+    """The exported network as facesort runs it: batch norms and dlib's affine layers folded into the convolutions,
+    channels-last weights (together 3-4 times faster on a CPU, same outputs to 1e-5), and mirror-averaged unless
+    `mirror` is off. The exported network itself is left as it is."""
     import torch
     from torch.fx.experimental.optimization import fuse
 
+    from .dlib_gender import fold_affines
     from .mirror import MirrorAveraged
 
+    model = fold_affines(model.eval())
     try:
-        fast = fuse(model.eval()).to(memory_format=torch.channels_last)
+        fast = fuse(model).to(memory_format=torch.channels_last)
     except Exception:  # torch.fx cannot trace every network (branches on tensor values): run it as exported
         fast = model
     return MirrorAveraged(fast, mirror).eval()

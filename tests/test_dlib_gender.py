@@ -40,6 +40,24 @@ def test_a_larger_input_is_pooled_to_the_same_grid():
     assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
 
 
+def test_the_network_as_run_folds_its_affine_layers_and_gives_the_same_outputs():
+    from sorter.inference import inference_model
+
+    net = dlib_gender.dlib_gender_net().eval()
+    with torch.no_grad():  # trained-looking scales and offsets, not the initial ones and zeros
+        for affine in (m for m in net.modules() if isinstance(m, dlib_gender.Affine)):
+            affine.scale.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(1))
+            affine.offset.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    kept = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    folded = dlib_gender.fold_affines(net)
+    with torch.inference_mode():
+        assert folded(x) == pytest.approx(net(x), abs=1e-4)
+        assert inference_model(net, mirror=False)(x) == pytest.approx(net(x), abs=1e-4)
+    assert not any(isinstance(m, dlib_gender.Affine) for m in folded.modules())
+    assert all(torch.equal(kept[k], v) for k, v in net.state_dict().items())  # the exported network is unchanged
+
+
 def test_interrupted_training_resumes_from_its_last_epoch(dataset, tmp_path, monkeypatch):
     installed_onnx()
     model = tmp_path / "m.pkl"
