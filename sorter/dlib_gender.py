@@ -57,7 +57,10 @@ def dlib_gender_net():
 def fold_affines(model):
     """A copy of `model` in which each Affine that follows a convolution is folded into that convolution's weights
     and bias: the same outputs, without two more passes over every activation (on the bundled face ensemble, a
-    tenth of the classifier's CPU time: README, Performance). For running a network, never for training it."""
+    tenth of the classifier's CPU time: README, Performance). For running a network, never for training it. A
+    network without Affine layers is returned as it is, not copied (`inference_model` copies it anyway)."""
+    if not any(isinstance(m, Affine) for m in model.modules()):
+        return model
     model = copy.deepcopy(model)
     for block in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i in range(1, len(block)):
