@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .labels import VOCAB
 from .mirror import mirror_mean
 
 ARCH = "ensemble"  # the `arch` an ensemble's metrics and stored settings record
@@ -42,17 +43,29 @@ class Member(nn.Module):
 
 class Ensemble(nn.Module):
     """The members' mean probability per label (weighted, when weights are given), returned as a logit, so the
-    multi-label loss, the threshold and everything downstream treat the ensemble as one network."""
+    multi-label loss, the threshold and everything downstream treat the ensemble as one network. `offsets` are
+    added to those logits, one per label (`set_offsets`: calibration that evens women's and men's error)."""
 
     def __init__(self, members, weights=None):
         super().__init__()
         self.members = nn.ModuleList(members)
         self._set_weights(weights)
+        self.set_offsets({})
 
-    def __setstate__(self, state):  # an ensemble exported before members had weights: equal ones
+    def __setstate__(self, state):  # an ensemble exported before members had weights or offsets: equal, none
         super().__setstate__(state)
         if "weights" not in self._buffers:
             self._set_weights(None)
+        if "offsets" not in self._buffers:
+            self.set_offsets({})
+
+    def set_offsets(self, offsets):
+        """Logit offsets by label, e.g. {"female": 0.2}: that label's probability rises for every image alike."""
+        values = [float(offsets.get(label, 0.0)) for label in VOCAB]
+        self.register_buffer("offsets", torch.tensor(values, dtype=torch.float32).reshape(1, -1))
+
+    def offsets_by_label(self):
+        return dict(zip(VOCAB, self.offsets.flatten().tolist()))
 
     def _set_weights(self, weights):
         shares = torch.tensor(weight_shares(weights, len(self.members)), dtype=torch.float32)
@@ -60,7 +73,7 @@ class Ensemble(nn.Module):
 
     def forward(self, x):
         probs = (torch.stack([torch.sigmoid(member(x)) for member in self.members]) * self.weights).sum(dim=0)
-        return torch.logit(probs, eps=EPS)
+        return torch.logit(probs, eps=EPS) + self.offsets
 
 
 def split(model):

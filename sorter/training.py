@@ -62,6 +62,8 @@ class TrainOptions:
     ensemble_weights: tuple = ()  # each member's weight in the ensemble's mean (none: equal)
     mirror: bool = True  # run (and calibrate) averaged over each image and its mirror image (sorter.mirror)
     mirrored_members: tuple = ()  # indexes (from 0) of ensemble members averaged over the mirror image inside it
+    female_offset: float | None = None  # an ensemble's logit offset for `female` (Ensemble.set_offsets); None: kept
+    threshold: float | None = None  # stored as given instead of calibrated on the validation split
 
 
 class Degrade(RandTransform):
@@ -210,18 +212,20 @@ def train(data_dir, model_path, opts=None, log=print, resume=False):
     fit_batch_size(dls, log)
     log(f"training {opts.arch} on {len(dls.train_ds)} images, validating on {len(dls.valid_ds)}")
     learn = network(dls)
-    if opts.epochs or not opts.ensemble:  # an ensemble's members are trained: it is calibrated unless asked more
+    if opts.epochs or opts.freeze_epochs:  # else calibrate only (an ensemble of trained members, by default)
         _fit(learn, opts, checkpoint, state, log)
     learn.logger = print  # the learner is pickled on export: keep only picklable attributes
     probs, targets = validation_preds(learn, opts.mirror)
     refuse_non_finite(learn, probs)
-    threshold = best_threshold(probs, targets)
+    threshold = best_threshold(probs, targets) if opts.threshold is None else opts.threshold
     metrics = label_metrics(probs, targets, threshold)
     metrics["fairness"] = validation_fairness(learn, probs, targets, threshold, groups)
     for line in format_fairness(metrics["fairness"]):
         log(line)
     metrics.update(arch=opts.arch, size=input_size(opts), train_images=len(dls.train_ds),
                    valid_images=len(dls.valid_ds), mirror=opts.mirror, **lineage)
+    if isinstance(learn.model, ensemble.Ensemble):
+        metrics["offsets"] = learn.model.offsets_by_label()
     export(learn, model_path, threshold, metrics)
     checkpoint.unlink(missing_ok=True)
     return metrics
@@ -246,7 +250,7 @@ def _network(opts):
     lineage = {"init_from": _file_record(start)} if start else {}
     if start and isinstance(start[0].model, ensemble.Ensemble):
         opts = replace(opts, arch=ensemble.ARCH, size=opts.size or ensemble.side_of(start[0]), freeze_epochs=0)
-        return opts, _learner(start[0].model, ensemble.split), lineage
+        return opts, _learner(_offset(start[0].model, opts), ensemble.split), lineage
     if opts.ensemble:
         loaded = [load_model(path) for path in opts.ensemble]
         members = [learner for learner, _, _ in loaded]
@@ -259,9 +263,18 @@ def _network(opts):
         # fine-tuned together, the members learn the resized input they get inside it (dlib's network at 64 px
         # moves 5% of its answers between PIL's and torch's resampling); there is no head to train alone first
         opts = replace(opts, arch=ensemble.ARCH, size=side, freeze_epochs=0)
-        return opts, _learner(net, ensemble.split), lineage
+        return opts, _learner(_offset(net, opts), ensemble.split), lineage
+    if opts.female_offset is not None:
+        raise FacesortError("--female-offset is stored by an ensemble: give --ensemble models, or --init-from one")
     make = _pretrained_learner(opts)
     return opts, (lambda dls: _start_from(make(dls), start[0], opts)) if start else make, lineage
+
+
+def _offset(net, opts):
+    """The ensemble with `opts.female_offset` set, when given (else as it is: none for a new one)."""
+    if opts.female_offset is not None:
+        net.set_offsets({"female": opts.female_offset})
+    return net
 
 
 def _file_record(loaded):

@@ -272,6 +272,58 @@ def test_training_from_an_ensemble_goes_on_training_that_ensemble(tmp_path, cli,
     assert min(moved) > 0 and sha256_of(start) == before
 
 
+def test_an_ensembles_female_offset_raises_every_faces_female_logit_by_that_much(tmp_path, cli, dataset,
+                                                                              trained_model):
+    """--female-offset moves the female label's logit of every image alike (the male label's stays), is recorded in
+    the metrics, and --threshold is stored as given instead of calibrated."""
+    import numpy as np
+    from PIL import Image
+
+    from sorter.inference import Classifier
+    from sorter.model import ModelFile
+
+    plain, offset = tmp_path / "plain.pkl", tmp_path / "offset.pkl"
+    for model, extra in ((plain, []), (offset, ["--female-offset", "0.7", "--threshold", "0.3"])):
+        result = cli("train", dataset, "--model", model, "--ensemble", trained_model, "--ensemble", trained_model,
+                     *extra)
+        assert result.exit_code == 0, result.output
+    metrics = json.loads(metrics_path(offset).read_text())
+    assert metrics["offsets"] == {"female": pytest.approx(0.7), "male": 0.0} and metrics["threshold"] == 0.3
+    assert ModelFile(offset).settings["threshold"] == 0.3
+    images = [Image.new("RGB", (64, 48), colour) for colour in COLOURS.values()]
+    logit = lambda p: np.log(p / (1 - p))
+    before, after = (Classifier(m).probabilities(images).astype(np.float64) for m in (plain, offset))
+    np.testing.assert_allclose(logit(after[:, 0]) - logit(before[:, 0]), 0.7, atol=1e-3)
+    np.testing.assert_allclose(after[:, 1], before[:, 1], atol=1e-6)
+
+
+def test_an_ensemble_calibrated_again_keeps_its_members_and_takes_a_new_offset(tmp_path, cli, dataset, trained_model):
+    """--init-from an ensemble with --epochs 0 trains nothing: the members' weights are the start's, the offset is
+    the start's unless --female-offset gives another."""
+    import torch
+
+    from sorter.model import load_model
+
+    start, kept, moved = tmp_path / "start.pkl", tmp_path / "kept.pkl", tmp_path / "moved.pkl"
+    assert cli("train", dataset, "--model", start, "--ensemble", trained_model, "--ensemble", trained_model,
+               "--female-offset", "0.3").exit_code == 0
+    for model, extra in ((kept, []), (moved, ["--female-offset", "-0.2"])):
+        result = cli("train", dataset, "--model", model, "--init-from", start, "--epochs", "0", *extra)
+        assert result.exit_code == 0, result.output
+        assert "learning rate" not in result.output  # nothing trained, no lr_find
+    source, *calibrated = (load_model(m)[0].model for m in (start, kept, moved))
+    for model in calibrated:
+        for name, value in source.members.state_dict().items():
+            torch.testing.assert_close(model.members.state_dict()[name], value)
+    assert [m.offsets_by_label()["female"] for m in calibrated] == pytest.approx([0.3, -0.2])
+
+
+def test_a_female_offset_needs_an_ensemble(tmp_path, cli, dataset, trained_model):
+    result = cli("train", dataset, "--model", tmp_path / "m.pkl", "--init-from", trained_model, *QUICK,
+                 "--epochs", "0", "--female-offset", "0.2")
+    assert result.exit_code == 1 and "--female-offset is stored by an ensemble" in result.output
+
+
 def test_an_ensemble_trains_its_members_bodies_apart_from_their_heads(tmp_path, dataset, trained_model):
     """Fine-tuned together, the members' bodies and heads are two parameter groups, so fine_tune's discriminative
     rates reach each body as they would in the member's own learner; a member with no head (the colour model's last
@@ -337,16 +389,17 @@ def test_an_ensemble_takes_one_weight_per_model(tmp_path, cli, dataset, trained_
     assert result.exit_code == 2 and "--weight takes one weight for each --ensemble model" in result.output
 
 
-def test_an_ensemble_exported_before_weights_loads_with_equal_ones():
+def test_an_ensemble_exported_before_weights_and_offsets_loads_with_equal_ones_and_none():
     import pickle
 
     import torch
 
     from sorter.ensemble import Ensemble, Member
 
-    members = [Member(torch.nn.Conv2d(3, 2, 1), 8, (0.0,) * 3, (1.0,) * 3, 8) for _ in range(2)]
+    net = lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    members = [Member(net(), 8, (0.0,) * 3, (1.0,) * 3, 8) for _ in range(2)]  # (n, 2) logits, as a head gives
     old = Ensemble(members, [3.0, 1.0])
-    del old._buffers["weights"]  # as pickled before weights existed
+    del old._buffers["weights"], old._buffers["offsets"]  # as pickled before weights and offsets existed
     loaded = pickle.loads(pickle.dumps(old))
     x = torch.rand(1, 3, 8, 8)
     expected = torch.logit(torch.stack([torch.sigmoid(m(x)) for m in members]).mean(dim=0), eps=1e-6)

@@ -20,7 +20,8 @@ from ..console import is_terminal, print_table
 @click.option("--size", type=click.IntRange(32),
               help="Image side in pixels. [default: 32 for dlib_gender, else 128]")
 @click.option("--epochs", type=click.IntRange(0),
-              help="Epochs with all layers. [default: 3; with --ensemble 0: calibrate only]")
+              help="Epochs with all layers; 0 with nothing else to train (an ensemble, which has no head alone, or "
+                   "--freeze-epochs 0): calibrate only. [default: 3; with --ensemble 0]")
 @click.option("--freeze-epochs", default=1, show_default=True, type=click.IntRange(0),
               help="Epochs training the head only first.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate. Default: lr_find's.")
@@ -64,6 +65,13 @@ from ..console import is_terminal, print_table
 @click.option("--mirror-member", "mirror_members", multiple=True, type=click.IntRange(1),
               help="With --ensemble: average the Nth model (1: the first --ensemble) over each image and its mirror "
                    "image inside the ensemble; with --no-mirror, the flip for that member alone.")
+@click.option("--female-offset", type=float,
+              help="Ensembles: add this to the female logit of every face (e.g. 0.2: a woman's probability 0.45 "
+                   "becomes 0.50), to even women's and men's error as measured on real photos; the --init-from "
+                   "ensemble's own is kept when not given. [default: 0 for a new ensemble]")
+@click.option("--threshold", type=click.FloatRange(0, 1),
+              help="Store this probability threshold instead of the one that does best on the validation split "
+                   "(chosen, say, with `facesort evaluate` on real photos).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training from its last epoch (same options).")
 @click.option("--workers", type=click.IntRange(0),
               help="Processes loading images (and cropping faces). [default: 2; none under 512 images]")
@@ -72,10 +80,11 @@ from ..console import is_terminal, print_table
 @reports_errors
 def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_size, valid_pct, seed, no_pretrained,
           crop_faces_to, per_folder, degrade, grey, erase, init_from, groups, balance, ensemble, ensemble_weights,
-          no_mirror, mirror_members, resume, workers, device, as_json):
+          no_mirror, mirror_members, female_offset, threshold, resume, workers, device, as_json):
     """Train on DATA_DIR, where each image's label is the nearest folder named male, female or neither.
 
-    The probability threshold that maximises exact-match accuracy on the validation split is stored in the model.
+    The probability threshold that maximises exact-match accuracy on the validation split is stored in the model
+    (or the one --threshold gives).
     """
     if ensemble and (len(ensemble) < 2 or init_from or resume):
         raise click.UsageError("--ensemble takes two or more models, and no --init-from or --resume")
@@ -93,7 +102,8 @@ def train(data_dir, model_path, arch, size, epochs, freeze_epochs, lr, batch_siz
                         crop_faces_to=crop_faces_to, per_folder=per_folder, degrade=degrade, grey=grey,
                         erase=erase, init_from=init_from, groups=groups, balance=balance, workers=workers,
                         ensemble=ensemble, ensemble_weights=ensemble_weights, mirror=not no_mirror,
-                        mirrored_members=tuple(n - 1 for n in mirror_members),
+                        mirrored_members=tuple(n - 1 for n in mirror_members), female_offset=female_offset,
+                        threshold=threshold,
                         progress_bars=is_terminal() and not as_json)
     with signals_stop_training(), training_device(resolve_device(device)):
         metrics = train_model(data_dir, model_path, opts, log=lambda m: click.echo(m, err=as_json), resume=resume)
