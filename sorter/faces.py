@@ -15,6 +15,9 @@ MIN_FACE = 24  # smallest face, in pixels of that copy, worth classifying (7.5% 
 SECOND_LOOK_SIDE = 640  # a photo where that copy shows no face is looked at again on a copy this large (faces
 SECOND_LOOK_MIN = 1.5  # down to 3.75% of its long side) if it is at least this much larger, else it shows little new
 SECOND_LOOK_FACTOR = 0.5  # that look's scales step an octave (MTCNN's default 0.709): a third cheaper, as many found
+PADDED_BORDER = 0.25  # a photo where no look finds a face gets a last one inside a black border this share of its
+PADDED_SIDE = 96  # longer side wide, on a copy this long, for a face that fills the frame; of what it finds, only
+PADDED_MIN_SHARE = 0.6  # faces this share of the photo's shorter side or more count: a smaller one was seen before
 STAGE_THRESHOLDS = (0.8, 0.8, 0.9)  # cut-offs of MTCNN's three networks: fewer candidate boxes
 MIN_CONFIDENCE = 0.92  # MTCNN's probability below which a detection is ignored
 IN_FRAME = 0.5  # a face with less of its box inside the photo is someone cut off by its edge: ignored beside others
@@ -35,11 +38,11 @@ class Faces:
 class FaceFinder:
     """MTCNN fed downscaled copies, on the CPU or a GPU; crops come from the full decoded image."""
 
-    def __init__(self, min_face=MIN_FACE, detect_side=DETECT_SIDE, device="cpu", second_look=True):
+    def __init__(self, min_face=MIN_FACE, detect_side=DETECT_SIDE, device="cpu", second_look=True, padded_look=True):
         mtcnn = _mtcnn_class()  # first: without facenet-pytorch, say so before importing torch
         import torch
 
-        self.detect_side, self.device = detect_side, device
+        self.detect_side, self.device, self.padded = detect_side, device, padded_look
         self.mtcnn = mtcnn(keep_all=True, min_face_size=min_face, thresholds=list(STAGE_THRESHOLDS), device=device,
                            select_largest=False)
         self.second = copy.copy(self.mtcnn) if second_look else None  # the same three networks, another pyramid
@@ -59,17 +62,36 @@ class FaceFinder:
             net.to(memory_format=memory_format)
 
     def find(self, images):
-        """Faces of every image. One where the small copy shows none gets a second look at a larger copy, for the
-        faces too small for the first (a person far off in a scene); that look keeps only faces that small, since a
-        larger one it finds is one the first look saw and rejected (a dog's face, say)."""
+        """Faces of every image: a first look at a small copy, then, where it found none, a second look for faces
+        too small for it and a padded look for a face too large for it."""
         found = self._find(images, self.detect_side, self.mtcnn)
-        if self.second is None:
-            return found
+        if self.second is not None:
+            self._second_look(images, found)
+        if self.padded:
+            self._padded_look(images, found)
+        return found
+
+    def _second_look(self, images, found):
+        """A photo where the small copy shows no face gets a second look at a larger copy, for the faces too small
+        for the first (a person far off in a scene); that look keeps only faces that small, since a larger one it
+        finds is one the first look saw and rejected (a dog's face, say)."""
         again = [i for i, faces in enumerate(found)
                  if not faces.boxes and max(images[i].size) >= SECOND_LOOK_MIN * self.detect_side]
         for i, faces in zip(again, self._find([images[i] for i in again], SECOND_LOOK_SIDE, self.second)):
-            found[i] = _smaller_than(faces, 2 * self.mtcnn.min_face_size * max(images[i].size) / self.detect_side)
-        return found
+            limit = 2 * self.mtcnn.min_face_size * max(images[i].size) / self.detect_side
+            found[i] = _sized(faces, lambda side: side < limit)
+
+    def _padded_look(self, images, found):
+        """A photo still without a face may be one face filling the frame, its chin or hair cut off (a profile
+        picture, a tight crop): MTCNN sees no face larger than the photo. It is looked at once more inside a black
+        border, on a small copy; only faces of PADDED_MIN_SHARE of its shorter side or more are kept (what it finds
+        and costs: models/README.md, session 20)."""
+        again = [i for i, faces in enumerate(found) if not faces.boxes]
+        borders = [round(PADDED_BORDER * max(images[i].size)) for i in again]
+        framed = [_with_border(images[i], border) for i, border in zip(again, borders)]
+        for i, border, faces in zip(again, borders, self._find(framed, PADDED_SIDE, self.mtcnn)):
+            least = PADDED_MIN_SHARE * min(images[i].size)
+            found[i] = _sized(_moved(faces, -border), lambda side: side >= least)
 
     def _find(self, images, side, mtcnn):
         """Faces of every image on copies at most `side` long; the copies of equal size go through MTCNN as one
@@ -112,10 +134,22 @@ def _faces(image, boxes, probs, scale):
                  [p for _, p in kept])
 
 
-def _smaller_than(faces, side):
-    """The faces whose box's longer side is under `side` pixels."""
-    keep = [i for i, box in enumerate(faces.boxes) if max(box[2] - box[0], box[3] - box[1]) < side]
-    return Faces(*([values[i] for i in keep] for values in (faces.boxes, faces.crops, faces.probs)))
+def _sized(faces, keep):
+    """The faces whose box's longer side, in pixels, passes `keep`."""
+    kept = [i for i, box in enumerate(faces.boxes) if keep(max(box[2] - box[0], box[3] - box[1]))]
+    return Faces(*([values[i] for i in kept] for values in (faces.boxes, faces.crops, faces.probs)))
+
+
+def _moved(faces, offset):
+    """The faces with their boxes moved by `offset` pixels along both axes (their crops are the same)."""
+    return Faces([[v + offset for v in box] for box in faces.boxes], faces.crops, faces.probs)
+
+
+def _with_border(image, border):
+    """The image inside a black border `border` pixels wide."""
+    framed = Image.new("RGB", (image.width + 2 * border, image.height + 2 * border))
+    framed.paste(image, (border, border))
+    return framed
 
 
 def _share_inside(box, size):

@@ -37,9 +37,9 @@ class StubMTCNN:
         return [boxes] * n, [np.array(self.probs) if self.boxes else [None]] * n
 
 
-def finder_with(stub, detect_side=faces.DETECT_SIDE):
+def finder_with(stub, detect_side=faces.DETECT_SIDE, padded=False):
     finder = FaceFinder.__new__(FaceFinder)
-    finder.detect_side, finder.mtcnn, finder.second = detect_side, stub, stub
+    finder.detect_side, finder.mtcnn, finder.second, finder.padded = detect_side, stub, stub, padded
     return finder
 
 
@@ -48,6 +48,13 @@ class LookStub(StubMTCNN):
 
     def answer(self, n, size):
         return ([None] * n, [[None]] * n) if max(size) <= faces.DETECT_SIDE else super().answer(n, size)
+
+
+class PaddedStub(StubMTCNN):
+    """Sees nothing but on the padded look's small copies (at most PADDED_SIDE long), where it sees these boxes."""
+
+    def answer(self, n, size):
+        return super().answer(n, size) if max(size) <= faces.PADDED_SIDE else ([None] * n, [[None]] * n)
 
 
 class ColourFinder:
@@ -106,6 +113,34 @@ def test_no_second_look_where_the_first_found_a_face_or_the_photo_is_not_much_la
     small = LookStub([[10, 10, 40, 40]], [0.99])
     assert finder_with(small).find([Image.new("RGB", (450, 300))])[0].boxes == []  # 450 px: < 1.5 x 320
     assert small.sizes == [(320, 213)]
+
+
+def test_a_photo_where_no_look_finds_a_face_gets_a_padded_look_for_one_that_fills_the_frame():
+    # a 400x300 photo inside a 100 px black border is 600x500, looked at as 96x80 (a 6.25th): the stub's 60 px box
+    # there is a 375 px face in the framed photo, at (25, -25) in the photo's own pixels (its top cut off), and its
+    # 10 px box a 62 px face, too small to be one the other looks missed: dropped
+    stub = PaddedStub([[20, 12, 80, 72], [2, 2, 12, 12]], [0.99, 0.99])
+    found = finder_with(stub, padded=True).find([Image.new("RGB", (400, 300), (200, 200, 200))])[0]
+    assert stub.sizes == [(320, 240), (96, 80)]  # first look; 400 px is too small for a second; then padded
+    assert found.boxes == [[25, -25, 400, 350]]
+    assert found.crops[0].size == (563, 563)  # the box and its margin (1.5 x 375, rounded), black outside the photo
+    assert found.crops[0].getpixel((5, 281)) == (0, 0, 0) and found.crops[0].getpixel((200, 281)) == (200, 200, 200)
+
+
+def test_no_padded_look_where_another_look_found_a_face():
+    stub = StubMTCNN([[10, 10, 60, 60]], [0.99])
+    finder_with(stub, padded=True).find([Image.new("RGB", (400, 300))])
+    assert stub.sizes == [(320, 240)]
+
+
+def test_the_real_detector_finds_a_face_that_fills_the_frame_only_with_the_padded_look():
+    from sorter.images import load_image
+
+    photo = load_image(Path(__file__).parent.parent / "data" / "sample" / "people" / "astronaut.jpg")
+    tight = photo.crop((190, 95, 256, 161)).resize((200, 200))  # her face from brows to lips, as a profile picture
+    assert FaceFinder(padded_look=False).find([tight])[0].boxes == []
+    (box,) = FaceFinder().find([tight])[0].boxes
+    assert box[0] < 20 and box[2] > 180 and box[1] < 0  # her whole face, forehead above the picture
 
 
 def test_a_face_mostly_outside_the_photo_counts_only_when_no_face_is_inside_it():
