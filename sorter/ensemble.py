@@ -65,6 +65,7 @@ class Ensemble(nn.Module):
         self.register_buffer("offsets", torch.tensor(values, dtype=torch.float32).reshape(1, -1))
 
     def offsets_by_label(self):
+        """{label: logit offset}, as the metrics record them."""
         return dict(zip(VOCAB, self.offsets.flatten().tolist()))
 
     def _set_weights(self, weights):
