@@ -272,25 +272,27 @@ def test_training_from_an_ensemble_goes_on_training_that_ensemble(tmp_path, cli,
     assert min(moved) > 0 and sha256_of(start) == before
 
 
-def test_an_ensembles_female_offset_raises_every_faces_female_logit_by_that_much(tmp_path, cli, dataset,
-                                                                              trained_model):
+def test_an_ensembles_female_offset_raises_every_faces_female_logit_by_that_much(tmp_path, cli, dataset):
     """--female-offset moves the female label's logit of every image alike (the male label's stays), is recorded in
-    the metrics, and --threshold is stored as given instead of calibrated."""
+    the metrics, and --threshold is stored as given instead of calibrated. The members are the colour model, whose
+    logits are fixed; these greyish images keep both labels' probabilities far from 0 and 1, where float32 is exact
+    enough to read a logit back."""
     import numpy as np
+    from colour_model import export_colour_model
     from PIL import Image
 
     from sorter.inference import Classifier
     from sorter.model import ModelFile
 
+    colour = export_colour_model(sorted(dataset.rglob("*.jpg")), tmp_path / "colour.pkl")
     plain, offset = tmp_path / "plain.pkl", tmp_path / "offset.pkl"
     for model, extra in ((plain, []), (offset, ["--female-offset", "0.7", "--threshold", "0.3"])):
-        result = cli("train", dataset, "--model", model, "--ensemble", trained_model, "--ensemble", trained_model,
-                     *extra)
+        result = cli("train", dataset, "--model", model, "--ensemble", colour, "--ensemble", colour, *extra)
         assert result.exit_code == 0, result.output
     metrics = json.loads(metrics_path(offset).read_text())
     assert metrics["offsets"] == {"female": pytest.approx(0.7), "male": 0.0} and metrics["threshold"] == 0.3
     assert ModelFile(offset).settings["threshold"] == 0.3
-    images = [Image.new("RGB", (64, 48), colour) for colour in COLOURS.values()]
+    images = [Image.new("RGB", (64, 48), colour) for colour in [(128, 128, 128), (140, 128, 128), (128, 128, 140)]]
     logit = lambda p: np.log(p / (1 - p))
     before, after = (Classifier(m).probabilities(images).astype(np.float64) for m in (plain, offset))
     np.testing.assert_allclose(logit(after[:, 0]) - logit(before[:, 0]), 0.7, atol=1e-3)
